@@ -1,0 +1,1 @@
+"""Mixtures: curriculum plans, the training manifest and audit reports (not built yet)."""

@@ -1,0 +1,1 @@
+"""Readers: turn one input file (WARC, code, books ...) into Arrow record batches."""

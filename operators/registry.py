@@ -1,0 +1,47 @@
+"""The one map from YAML names to operator classes.
+
+Entries are ``"module:Class"`` strings imported on first use, so validating a pipeline never pays for
+importing an extractor or a model it does not name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: readers: one ``read:`` per source
+READERS: dict[str, str] = {
+    "warc": "operators.readers.warc:WarcReader",
+    "jsonl": "operators.readers.text:JsonlReader",
+    "parquet": "operators.readers.text:ParquetReader",
+}
+
+#: row steps: run fused, batch by batch, inside one Arrow pass per source
+ROW_STEPS: dict[str, str] = {
+    "extract": "operators.extract:Extract",
+}
+
+#: global steps: run on the union of the sources as Spark DataFrames (may shuffle)
+GLOBAL_STEPS: dict[str, str] = {}
+
+_cache: dict[str, Any] = {}
+
+
+def load(ref: str) -> Any:
+    """Import ``module:Class`` once."""
+    if ref not in _cache:
+        module, _, attr = ref.partition(":")
+        _cache[ref] = getattr(importlib.import_module(module), attr)
+    return _cache[ref]
+
+
+def reader(name: str) -> Any:
+    return load(READERS[name])
+
+
+def row_step(name: str) -> Any:
+    return load(ROW_STEPS[name])
+
+
+def global_step(name: str) -> Any:
+    return load(GLOBAL_STEPS[name])

@@ -1,0 +1,1 @@
+"""The bundled Megatron-style trainer (not built yet)."""
