@@ -127,6 +127,8 @@ class _WarcFile:
         self.fd = -1  # for cheap positioned reads (is this offset a gzip member start?)
         self.last_pos = -1  # fastwarc's offset of the previous record
         self.member = 0  # offset of the gzip member the current record starts in
+        #: the member of the previous record, to check that it held no other member (None after a resync)
+        self.span_from: int | None = None
         self.shared = 0  # index of the current record among the records of ``member``
         self.shared_reported = False
         self.is_arc = False
@@ -151,7 +153,15 @@ class _WarcFile:
         if pos != self.last_pos:
             self.last_pos = pos
             if self.framing != "gzip" or os.pread(self.fd, 3, pos) == _GZIP_MAGIC:
-                self.member, self.shared = pos, 0
+                prev = self.span_from
+                if self.framing == "gzip" and prev is not None and pos > prev:
+                    split = _member_start_between(self.fd, prev, pos)
+                    if split is not None:
+                        self.ctx.count("records_split_over_gzip_members")
+                        self.error(f"the record at byte {prev} spans several gzip members (another "
+                                   f"starts at byte {split}): read whole, but the file is not gzipped record "
+                                   "by record", prev)
+                self.member, self.shared, self.span_from = pos, 0, pos
                 return pos, pos
         self.shared += 1
         if not self.shared_reported:
@@ -267,6 +277,7 @@ class _WarcFile:
             if resume is None or attempts > _MAX_RESYNC_ATTEMPTS:
                 return None
             self.ctx.count("resyncs")
+            self.span_from = None
             start = resume
 
     def fastwarc_record(self, rec: Any) -> None:
@@ -328,6 +339,8 @@ class _WarcFile:
                 return
             if not ok:
                 ctx.count("records_bad_http_encoding")
+                self.error(f"record at byte {pos}: its HTTP {transfer or coding} coding does not decode; "
+                           "kept the bytes that could be read", pos)
         if not body:
             ctx.count("records_empty_payload")
             return
@@ -341,6 +354,7 @@ class _WarcFile:
                 url = url[1:-1].strip()
             if url != uri:
                 ctx.count("records_bad_target_uri")
+                self.error(f"record at byte {pos}: malformed WARC-Target-URI {uri!r}, read as {url!r}", pos)
         if not url:
             url = None
             ctx.count("records_bad_target_uri")
@@ -736,6 +750,26 @@ def _at_line_start(fh: Any, at: int) -> bool:
     before = fh.read(1)
     fh.seek(here)
     return before == b"\n"
+
+
+def _member_start_between(fd: int, start: int, end: int) -> int | None:
+    """The offset of a gzip member that starts strictly inside (start, end), if any.
+
+    In a WARC gzipped record by record, the compressed bytes of one record hold no other member. The
+    gzip magic can occur by chance inside compressed data, so a candidate counts only if a gzip stream
+    really starts there.
+    """
+    if end - start > 64 * 2**20:
+        return None  # a huge record: not worth a second read
+    raw = os.pread(fd, end - start - 1, start + 1)
+    at = raw.find(_GZIP_MAGIC)
+    while at != -1:
+        try:
+            zlib.decompressobj(31).decompress(raw[at:at + 1024], 64)
+            return start + 1 + at
+        except zlib.error:
+            at = raw.find(_GZIP_MAGIC, at + 1)
+    return None
 
 
 def _one_line(e: BaseException | str | None) -> str:

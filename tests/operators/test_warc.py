@@ -250,9 +250,10 @@ def test_wrong_content_length_resumes_at_the_next_record(capsys):
     assert ctx.counters == {"files_fastwarc": 1, "records_total": 4, "records_warcinfo": 2, "records_response": 1,
                             "records_request": 1, "records_html": 1, "records_bad_http_encoding": 1,
                             "resyncs": 1}
-    assert errors_at(ctx) == [2560]
-    assert "Content-Length may be wrong" in ctx.errors[0]["error"]
-    assert "resumed at byte 2566" in ctx.errors[0]["error"]
+    assert errors_at(ctx) == [1197, 2560]  # the response's cut gzip payload, then the bad framing
+    assert "HTTP gzip coding does not decode" in ctx.errors[0]["error"]
+    assert "Content-Length may be wrong" in ctx.errors[1]["error"]
+    assert "resumed at byte 2566" in ctx.errors[1]["error"]
     # warcio: the same four records, and a warning about byte 2560 on stderr
     records, error = warcio_records(path)
     assert error is None
@@ -265,7 +266,8 @@ def test_bad_target_uri_keeps_the_record():
     path = BROKEN / "example-wget-bad-target-uri.warc.gz"
     table, ctx, _ = read(path)
     assert table.column("url").to_pylist() == ["http://example.com/"]  # "<http://example.com/>" unwrapped
-    assert ctx.errors == []
+    assert errors_at(ctx) == [824]
+    assert "malformed WARC-Target-URI '<http://example.com/>'" in ctx.errors[0]["error"]
     assert ctx.counters["records_bad_target_uri"] == 1
     assert ctx.counters["records_total"] == 6 and ctx.counters["records_resource"] == 2
     records, error = warcio_records(path)
@@ -279,7 +281,8 @@ def test_record_split_over_gzip_members_is_read_whole():
     after the first member; fastwarc reads the members as one stream and gets the whole page."""
     path = BROKEN / "example-wrong-chunks.warc.gz"
     table, ctx, _ = read(path)
-    assert ctx.errors == []
+    assert errors_at(ctx) == [0]  # nothing lost, but the framing is reported
+    assert "spans several gzip members (another starts at byte 516)" in ctx.errors[0]["error"]
     assert ctx.counters["records_total"] == 2 and ctx.counters["records_request"] == 1
     html = table.column("html")[0].as_py()
     assert len(html) == 1270 and html.startswith(b"<!doctype html>") and html.endswith(b"</html>\n")
@@ -500,8 +503,11 @@ def test_http_payload_decoding(tmp_path, gzipped):
     assert c["records_bad_target_uri"] == 2  # the missing and the wrapped one
     assert_responses_accounted(ctx)
     messages = [e["error"] for e in ctx.errors]
-    assert len(messages) == 2
-    assert "no valid HTTP status line" in messages[0] and "no WARC-Target-URI" in messages[1]
+    assert len(messages) == 6  # 3 undecodable codings, a bad status line, a missing and a wrapped URI
+    assert sum("does not decode" in m for m in messages) == 3
+    assert sum("no valid HTTP status line" in m for m in messages) == 1
+    assert sum("no WARC-Target-URI" in m for m in messages) == 1
+    assert sum("malformed WARC-Target-URI" in m for m in messages) == 1
 
 
 # --------------------------------------------------------------------------------------------------
