@@ -71,8 +71,13 @@ def spark_submit_command(args: argparse.Namespace) -> list[str]:
         raise UserError("pyspark is not installed: run `make setup`")
     spark_submit = os.path.join(os.path.dirname(spec.origin), "bin", "spark-submit")
     log4j = os.path.join(HERE, "log4j2.properties")
+    driver_opts = f"-Dlog4j2.configurationFile=file:{log4j}"
+    if args.master.startswith("local"):
+        # In local mode the JVM only moves small Arrow batches between Python workers; the C1 JIT
+        # alone halves its start-up (measured: SparkSession 22 s -> 12 s on 2 busy cores).
+        driver_opts += " -XX:TieredStopAtLevel=1"
     cmd = [spark_submit, "--master", args.master,
-           "--driver-java-options", f"-Dlog4j2.configurationFile=file:{log4j}",
+           "--driver-java-options", driver_opts,
            "--conf", f"spark.pyspark.python={sys.executable}",
            "--conf", f"spark.pyspark.driver.python={sys.executable}",
            "--conf", f"spark.executor.extraJavaOptions=-Dlog4j2.configurationFile=file:{log4j}"]
@@ -114,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         list_tasks(spec)
         env = dict(os.environ)
         env.setdefault("PYSPARK_PYTHON", sys.executable)
+        if sys.stderr.isatty():
+            env["SMELTER_TTY"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(HERE), env.get("PYTHONPATH")]))
         return subprocess.call(spark_submit_command(args), env=env)
     except UserError as e:
@@ -133,7 +140,8 @@ def submit_main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     _setup_logging(args.debug)
     try:
-        from pipelines import runner, spec as specmod
+        from pipelines import runner
+        from pipelines import spec as specmod
 
         spec = specmod.load(args.pipeline, args.overrides)
         out_dir = os.path.abspath(args.output or spec.output_path())

@@ -221,7 +221,8 @@ class ProgressDisplay:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        console = Console(stderr=True)
+        # under spark-submit our stderr is a pipe through the JVM; `smelter run` says if a person watches
+        console = Console(stderr=True, force_terminal=os.environ.get("SMELTER_TTY") == "1" or None)
         if console.is_terminal:
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TextColumn("files  {task.fields[docs]} docs  {task.fields[rate]} docs/s"),

@@ -59,7 +59,7 @@ class OutputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     path: str | None = None  # default: out/<pipeline name>
     compression: str = "zstd"
-    batch_rows: int = Field(default=500, ge=1, le=1_000_000)  # rows per Arrow batch in the fused pass
+    batch_rows: int = Field(default=100, ge=1, le=1_000_000)  # rows per Arrow batch in the fused pass
     ledger_text_chars: int = Field(default=300, ge=0)  # head of a dropped text kept in the ledger
 
     @field_validator("compression")

@@ -28,6 +28,7 @@ def spark():
 
     os.environ["PYSPARK_PYTHON"] = sys.executable
     session = get_session("smelter-tests", master="local[2]",
-                          conf={"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false"})
+                          conf={"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false",
+                                "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1"})
     yield session
     session.stop()

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pytest
 
 from operators.writers import read_arrow, sha256_file
-from pipelines import runner, spec as specmod
+from pipelines import runner
+from pipelines import spec as specmod
 from pipelines.errors import UserError
 from tests.conftest import CORPUS
 
