@@ -66,3 +66,15 @@ def test_parquet_text_field_and_passthrough(tmp_path, paragraphs):
     ctx = TaskContext(source="books", input=InputFile(0, str(bad), bad.name))
     assert list(ParquetReader(TextParams(paths=str(bad), text_field="content")).read(ctx, 64)) == []
     assert len(ctx.errors) == 1 and "unreadable parquet" in ctx.errors[0]["error"]
+
+
+def test_inputs_from_several_globs_never_share_a_name(tmp_path):
+    from operators.readers.files import list_files
+
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "x.jsonl").write_text("{}\n")
+    files = list_files([str(tmp_path / "a" / "*.jsonl"), str(tmp_path / "b" / "*.jsonl"),
+                        str(tmp_path / "a" / "x.jsonl")])
+    assert [f.name for f in files] == ["a/x.jsonl", "b/x.jsonl"]
+    assert [f.name for f in list_files(str(tmp_path / "a" / "*.jsonl"))] == ["x.jsonl"]

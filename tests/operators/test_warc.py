@@ -520,7 +520,8 @@ def test_list_inputs_relative_names(tmp_path):
         shutil.copy(BROKEN / "example-wrong-chunks.warc.gz", tmp_path / rel)
     reader = WarcReader(WarcParams(paths=["a/**/*.warc.gz", "b/*.warc.gz", "a/x.warc.gz"]))
     inputs = reader.list_inputs(str(tmp_path))
-    assert [(i.index, i.name) for i in inputs] == [(0, "sub/y.warc.gz"), (1, "x.warc.gz"), (2, "z.warc.gz")]
+    # names are relative to the folder the globs share
+    assert [(i.index, i.name) for i in inputs] == [(0, "a/sub/y.warc.gz"), (1, "a/x.warc.gz"), (2, "b/z.warc.gz")]
     assert inputs[1].path == str(tmp_path / "a" / "x.warc.gz")
     # moving the data keeps the names, hence the ids
     moved = tmp_path / "moved"
