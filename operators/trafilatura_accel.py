@@ -1,27 +1,39 @@
-"""Byte-identical speed-ups for ``trafilatura.extract`` (trafilatura 2.3.1 only).
+"""Byte-identical speed-ups for ``trafilatura.extract`` (trafilatura 2.3.1, CPython 3.11).
 
-``install()`` swaps a handful of trafilatura internals for cheaper equivalents; ``uninstall()``
-puts the originals back. Nothing changes in what trafilatura returns: every replacement computes
-exactly what the original computed (same elements, same document order, same tree mutations), only
-with less work. Each replacement below documents what the original did and why the replacement is
-equivalent; the parity tests (tests/operators/test_trafilatura_accel.py) check it on real pages.
+``install()`` swaps a few trafilatura internals for cheaper equivalents; ``uninstall()`` puts the
+originals back. What trafilatura returns does not change: every replacement computes exactly what
+the original computed (same elements, same document order, same tree mutations, same strings),
+with less work. Each replacement documents what the original did and why it is equivalent; the
+tests (tests/operators/test_trafilatura_accel.py) compare both on the real pages.
 
-Where the time went (cProfile, 709 real pages, FineWeb settings) and what is replaced:
+Where the time went (709 real pages, FineWeb settings: favor_precision=True,
+include_comments=False, deduplicate=False; cProfile and per-stage timers) and what is replaced:
 
-1. XPath pruning/selection (~40% of the time). trafilatura's discard and body-selection XPaths
-   (``trafilatura.xpaths``) are evaluated by libxml2 over every element, and each ``re:test()``
-   in them is a call back into Python (lxml's EXSLT regexp is implemented with Python's ``re``)
-   that also builds a smart string and an element proxy per attribute. The objects in the
-   xpaths lists are replaced in place by ``_FastXPath`` callables that walk the same elements with
-   lxml's C-level tag filter and evaluate the same predicate in Python, with the same regexes,
-   memoised per attribute signature. See ``_FastXPath`` and the ``_SPECS`` table.
-2. ``htmlprocessing.prune_unwanted_nodes(..., with_backup=True)``: the "outermost matches" test
-   walked every match's full ancestor chain, creating a fresh proxy per ancestor each time; the
-   replacement memoises the ancestor walk. See ``_prune_unwanted_nodes``.
+1. XPath pruning and body selection, ~40%. The discard and body XPaths of ``trafilatura.xpaths``
+   run in libxml2 over every element, and every ``re:test()`` in them calls back into Python
+   (lxml's EXSLT regexp is Python's ``re``), building a smart string and element proxies for its
+   arguments. Those XPath objects are replaced, inside the lists every module iterates, by
+   ``_FastXPath``: the same elements walked with lxml's C tag filter, the same predicate in
+   Python on the attributes, the same regexes (memoised per string). Only when the XPath source
+   matches the structure implemented here (``_SPECS``, checked with the regexes cut out, which are
+   then taken from the live source).
+2. ``htmlprocessing.prune_unwanted_nodes``: the expressions of one list evaluated in a single tree
+   walk (``_Group``), and the "outermost match" test of its backup mode memoised instead of
+   walking every match's ancestors with a fresh proxy each.
+3. lxml.html's element class lookup (a Python method called for every element proxy lxml creates,
+   i.e. for every element any code walks) replaced on trafilatura's parser by lxml's C lookup
+   configured to give the very same classes (``_c_class_lookup``).
+4. ``core._extract_and_compare``: the raw tree is no longer copied for readability in precision
+   mode when called from ``bare_extraction``, where nothing reads it afterwards.
+5. ``utils.repair_faulty_html``: the regex scan for invalid XML characters is skipped when a
+   byte-level test proves there are none.
 
-Every replacement is guarded: an XPath is only replaced when its source text (with the regex
-literals cut out, and those regexes then taken from the live source) equals the structure the
-Python predicate implements, so a changed trafilatura keeps its own behaviour.
+The main remaining costs, left as they are: HTML parsing, readability and justext, tree copies,
+trafilatura's own Python tree walks (tree_cleaning, link density, conversion).
+
+Guards: nothing is installed unless ``trafilatura.__version__ == "2.3.1"``; replaced or relied-on
+functions must have the bytecode fingerprint they had when this was written (``_FINGERPRINTS``),
+XPaths the expected source; each mismatch logs a warning and leaves that part to trafilatura.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from lxml.etree import Element, XPath, _Element
@@ -38,8 +50,8 @@ LOGGER = logging.getLogger(__name__)
 
 SUPPORTED_VERSION = "2.3.1"
 
-# cap on each memo table (attribute signature -> predicate result); cleared when full
-_CACHE_LIMIT = 100_000
+# cap on each memo table (string -> regex verdict); emptied when full
+_CACHE_LIMIT = 20_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +75,7 @@ def _skeleton(path: str) -> tuple[str, list[str]]:
     return "'".join(p if i % 2 else " ".join(p.split()) for i, p in enumerate(parts)), literals
 
 
-def _first(items: tuple[tuple[str, str], ...], name1: str, name2: str) -> str:
+def _first(items: Sequence[tuple[str, str]], name1: str, name2: str) -> str:
     """XPath string value of ``@name1|@name2``: the node-set is in document order, which for the
     attributes of one element is their order in the source, and string() takes its first node;
     an empty node-set gives ''. lxml's re:test() does the same (``_ExsltRegExp._make_string``)."""
@@ -95,14 +107,27 @@ def _first(items: tuple[tuple[str, str], ...], name1: str, name2: str) -> str:
 # element without attributes, computed once.
 
 Attrs = dict[str, str]
-Items = tuple[tuple[str, str], ...]
+Items = Sequence[tuple[str, str]]
 Verdict = Any  # bool | Callable[[_Element], bool]
 Predicate = Callable[[Attrs, Items], Verdict]
 
 
+_REGEX_SYNTAX = frozenset("\\.^$*+?{}[]()")  # regex metacharacters but "|"
+
+
 def _rx(pattern: str, flags: int = 0) -> Callable[[str], bool]:
-    """Truth value of ``re.compile(pattern, flags).search(s)`` -- what lxml's re:test computes --
-    memoised per string (class strings recur all over a page and across pages)."""
+    """Truth value of ``re.compile(pattern, flags).search(s)`` -- what lxml's re:test computes.
+
+    A pattern made of one or two plain text alternatives ("a" or "a|b": no other metacharacter,
+    no flag) matches iff one of them occurs in ``s``: tested with ``in``. Other patterns run as
+    regexes, memoised per string (class strings recur all over a page and across pages)."""
+    if not flags and _REGEX_SYNTAX.isdisjoint(pattern):
+        alternatives = pattern.split("|")
+        if len(alternatives) == 1:
+            return lambda s: pattern in s
+        if len(alternatives) == 2:
+            first, second = alternatives
+            return lambda s: first in s or second in s
     search = re.compile(pattern, flags).search
     table: dict[str, bool] = {}
 
@@ -436,7 +461,7 @@ class _FastXPath:
     that is not an element (e.g. an ElementTree), or XPath variables, go to the original object.
     """
 
-    __slots__ = ("original", "name", "spec", "pred", "attrs", "empty", "table", "_tags", "_mode")
+    __slots__ = ("original", "name", "spec", "pred", "attrs", "empty", "_tags", "_mode")
 
     def __init__(self, original: Any, name: str, spec: _Spec, pred: Predicate | None):
         self.original = original
@@ -447,10 +472,7 @@ class _FastXPath:
         self._tags = spec.tags
         self._mode = spec.mode
         # verdict for an element carrying none of the attributes the predicate reads
-        self.empty = pred({}, ()) if pred is not None else False
-        # verdicts memoised per attribute list, filtered to what the predicate reads: everything
-        # the verdict depends on (bounded; emptied when full, the verdicts are then recomputed)
-        self.table: dict[Items, Verdict] = {}
+        self.empty = pred({}, []) if pred is not None else False
 
     @property
     def path(self) -> str:
@@ -462,27 +484,14 @@ class _FastXPath:
     def __repr__(self) -> str:
         return f"<_FastXPath {self.name}>"
 
-    def verdict(self, elem: _Element) -> Verdict:
-        "The predicate's verdict for ``elem`` (name tests not checked)."
-        keys = elem.keys()
-        if not keys or self.attrs.isdisjoint(keys):
-            return self.empty
-        get, attrs = elem.get, self.attrs
-        key = tuple([(k, get(k)) for k in keys if k in attrs])
-        value = self.table.get(key)
-        if value is None:
-            value = self._compute(key)
-        return value
-
-    def _compute(self, key: Items) -> Verdict:
-        if len(self.table) >= _CACHE_LIMIT:
-            self.table.clear()
-        value = self.table[key] = self.pred(dict(key), key)  # type: ignore[misc]
-        return value
-
     def test(self, elem: _Element) -> bool:
         "Whether ``elem`` passes the predicate (name tests not checked)."
-        value = self.verdict(elem)
+        items = elem.items()
+        if not items:
+            value = self.empty
+        else:
+            a = dict(items)
+            value = self.empty if self.attrs.isdisjoint(a) else self.pred(a, items)  # type: ignore[misc]
         return value is True or (value is not False and value(elem))
 
     def __call__(self, _etree_or_element: Any, **_variables: Any) -> Any:
@@ -527,17 +536,14 @@ class _FastXPath:
         return out
 
     def _matches(self, tree: _Element) -> Iterator[_Element]:
-        tags, attrs, empty, table, compute = self._tags, self.attrs, self.empty, self.table, self._compute
+        tags, pred, attrs, empty = self._tags, self.pred, self.attrs, self.empty
         for elem in tree.iterdescendants(*tags) if tags is not None else tree.iterdescendants(Element):
-            keys = elem.keys()
-            if not keys or attrs.isdisjoint(keys):
+            items = elem.items()
+            if not items:
                 value = empty
             else:
-                get = elem.get
-                key = tuple([(k, get(k)) for k in keys if k in attrs])
-                value = table.get(key)
-                if value is None:
-                    value = compute(key)
+                a = dict(items)
+                value = empty if attrs.isdisjoint(a) else pred(a, items)  # type: ignore[misc]
             if value is True or (value is not False and value(elem)):
                 yield elem
 
@@ -546,10 +552,9 @@ class _Group:
     """The expressions of one ``prune_unwanted_nodes`` list, evaluated in one tree walk.
 
     Each member's list is exactly what its own walk (``_FastXPath._matches``) would return on
-    the same, unmodified tree: same elements, same order. Verdict tuples are memoised per
-    attribute list filtered to what any member reads (a superset of what each one reads)."""
+    the same, unmodified tree: same elements, same order."""
 
-    __slots__ = ("members", "tags", "tagsets", "preds", "attrs", "member_attrs", "empties", "table")
+    __slots__ = ("members", "tags", "tagsets", "preds", "attrs", "member_attrs", "empties")
 
     def __init__(self, members: tuple[_FastXPath, ...]):
         self.members = members
@@ -562,41 +567,30 @@ class _Group:
         self.member_attrs = tuple(m.attrs for m in members)
         self.attrs = frozenset().union(*self.member_attrs)
         self.empties = tuple(m.empty for m in members)
-        self.table: dict[Items, tuple[Verdict, ...]] = {}
-
-    def _compute(self, key: Items) -> tuple[Verdict, ...]:
-        a = dict(key)
-        values = tuple(
-            empty if attrs.isdisjoint(a) else pred(a, key)  # type: ignore[misc]
-            for pred, attrs, empty in zip(self.preds, self.member_attrs, self.empties, strict=True)
-        )
-        if len(self.table) >= _CACHE_LIMIT:
-            self.table.clear()
-        self.table[key] = values
-        return values
 
     def run(self, tree: _Element) -> list[list[_Element]]:
-        tagsets, table, attrs, compute = self.tagsets, self.table, self.attrs, self._compute
+        tagsets, preds, member_attrs, empties = self.tagsets, self.preds, self.member_attrs, self.empties
         outs: list[list[_Element]] = [[] for _ in self.members]
         indexes = range(len(self.members))
-        tags = self.tags
+        tags, attrs = self.tags, self.attrs
+        only_attrs = not any(v is not False for v in empties)  # no member matches attribute-less elements
         for elem in tree.iterdescendants(*tags) if tags is not None else tree.iterdescendants(Element):
-            keys = elem.keys()
-            if not keys or attrs.isdisjoint(keys):
-                values = self.empties
+            items = elem.items()
+            if items:
+                a = dict(items)
+                if only_attrs and attrs.isdisjoint(a):
+                    continue
+            elif only_attrs:
+                continue
             else:
-                get = elem.get
-                key = tuple([(k, get(k)) for k in keys if k in attrs])
-                values = table.get(key)
-                if values is None:
-                    values = compute(key)
+                a = {}
             tag = elem.tag
             for k in indexes:
-                value = values[k]
-                if value is False:
-                    continue
                 tagset = tagsets[k]
-                if (tagset is None or tag in tagset) and (value is True or value(elem)):
+                if tagset is not None and tag not in tagset:
+                    continue
+                value = empties[k] if member_attrs[k].isdisjoint(a) else preds[k](a, items)  # type: ignore[misc]
+                if value is True or (value is not False and value(elem)):
                     outs[k].append(elem)
         return outs
 
@@ -823,6 +817,100 @@ def _make_extract_and_compare(core: Any) -> Callable[..., Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# utils.repair_faulty_html
+# ---------------------------------------------------------------------------------------------
+
+# the characters of trafilatura.utils.INVALID_XML_CHARS ([\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff])
+_CONTROL_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])
+_UFFFE, _UFFFF = "\ufffe".encode(), "\uffff".encode()
+
+
+def _may_hold_invalid_xml_chars(text: str) -> bool:
+    """False only if ``text`` holds none of INVALID_XML_CHARS' characters. In UTF-8 the control
+    characters are single bytes < 0x80, which never occur inside the encoding of another
+    character, and U+FFFE/U+FFFF are the only characters encoded EF BF BE / EF BF BF (a lead byte
+    always starts a character), so byte tests on the encoding are exact. Strings that cannot be
+    encoded (lone surrogates) answer True and take the regex path. Much cheaper than the regex
+    scan, which tests a character class at every position of a ~100 kB page."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return len(data.translate(None, _CONTROL_BYTES)) != len(data) or _UFFFE in data or _UFFFF in data
+
+
+def _make_repair_faulty_html(utils: Any) -> Callable[[str, str], str]:
+    def repair_faulty_html(htmlstring: str, beginning: str) -> str:
+        """Replacement for ``trafilatura.utils.repair_faulty_html``, identical but for its first
+        step: ``INVALID_XML_CHARS.sub("", htmlstring)`` is skipped when the string holds none of
+        those characters (the substitution would return an equal string). The rest is the
+        original's code."""
+        if _may_hold_invalid_xml_chars(htmlstring):
+            htmlstring = utils.INVALID_XML_CHARS.sub("", htmlstring)
+        # libxml2/LXML issue: https://bugs.launchpad.net/lxml/+bug/1955915
+        if "doctype" in beginning:
+            firstline, _, rest = htmlstring.partition("\n")
+            htmlstring = utils.DOCTYPE_TAG.sub("", firstline, count=1) + "\n" + rest
+        # self-closing <html/> in the first lines
+        for line in htmlstring[:4096].splitlines()[:4]:
+            if "<html" in line and line.endswith("/>"):
+                htmlstring = utils.FAULTY_HTML.sub(r"\1>", htmlstring, count=1)
+                break
+        return htmlstring
+
+    return repair_faulty_html
+
+
+# ---------------------------------------------------------------------------------------------
+# fingerprints of the trafilatura functions replaced, or whose code the replacements rely on
+# ---------------------------------------------------------------------------------------------
+
+
+def _code_fingerprint(code: Any) -> str:
+    "A digest of a code object's bytecode, constants (nested code included) and names."
+    import hashlib
+
+    def const(k: Any) -> Any:
+        if hasattr(k, "co_code"):
+            return describe(k)
+        if isinstance(k, frozenset):  # iteration order varies with string hashing
+            return ("frozenset", sorted(map(repr, k)))
+        return repr(k)
+
+    def describe(c: Any) -> Any:
+        return (c.co_code.hex(), tuple(map(const, c.co_consts)), c.co_names, c.co_varnames, c.co_freevars)
+
+    return hashlib.sha256(repr(describe(code)).encode()).hexdigest()[:16]
+
+
+# "module.function" -> fingerprint of its __code__ in trafilatura 2.3.1 (CPython 3.11 bytecode)
+_FINGERPRINTS = {
+    "htmlprocessing.prune_unwanted_nodes": "a7f0f5c0e7030195",
+    "core._extract_and_compare": "41468ef36c87ba05",
+    "core.trafilatura_sequence": "3ae52dae72d0dcb8",
+    "core.bare_extraction": "2f60c7a5941844ca",
+    "external.compare_extraction": "1ab87bae030c6e9b",
+    "external.try_readability": "91b23b190f60a5b8",
+    "utils.repair_faulty_html": "0b939b4c75d553f7",
+}
+
+
+def _unchanged(*names: str) -> bool:
+    """Whether these trafilatura functions are the ones the replacements were written against;
+    logs a warning otherwise (the replacement depending on them is then not installed)."""
+    import importlib
+
+    for name in names:
+        module_name, attr = name.split(".")
+        function = getattr(importlib.import_module(f"trafilatura.{module_name}"), attr, None)
+        code = getattr(function, "__code__", None)
+        if code is None or _code_fingerprint(code) != _FINGERPRINTS[name]:
+            LOGGER.warning("trafilatura.%s differs from the expected code: not accelerated", name)
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
 # install / uninstall
 # ---------------------------------------------------------------------------------------------
 
@@ -882,16 +970,33 @@ def install() -> bool:
         _set(owner, int(index), _FastXPath(original, name, spec, pred))
 
     # 2. prune_unwanted_nodes, in every module that imported it by name
-    original_prune = htmlprocessing.prune_unwanted_nodes
-    fast_prune = _make_prune_unwanted_nodes(htmlprocessing.delete_element)
-    for module in (htmlprocessing, core, main_extractor, external, metadata):
-        if getattr(module, "prune_unwanted_nodes", None) is original_prune:
-            _set(module, "prune_unwanted_nodes", fast_prune)
+    if _unchanged("htmlprocessing.prune_unwanted_nodes"):
+        original_prune = htmlprocessing.prune_unwanted_nodes
+        fast_prune = _make_prune_unwanted_nodes(htmlprocessing.delete_element)
+        fast_prune.__wrapped__ = original_prune  # type: ignore[attr-defined]
+        for module in (htmlprocessing, core, main_extractor, external, metadata):
+            if getattr(module, "prune_unwanted_nodes", None) is original_prune:
+                _set(module, "prune_unwanted_nodes", fast_prune)
 
     # 3. the raw-tree copy for the external comparison, where nothing can see the raw tree later
-    _set(core, "_extract_and_compare", _make_extract_and_compare(core))
+    if _unchanged(
+        "core._extract_and_compare",
+        "core.trafilatura_sequence",
+        "core.bare_extraction",
+        "external.compare_extraction",
+        "external.try_readability",
+    ):
+        extract_and_compare = _make_extract_and_compare(core)
+        extract_and_compare.__wrapped__ = core._extract_and_compare  # type: ignore[attr-defined]
+        _set(core, "_extract_and_compare", extract_and_compare)
 
-    # 4. C-level element class lookup for trafilatura's parser (restored with a fresh default
+    # 4. the invalid-character scan of the page before parsing
+    if _unchanged("utils.repair_faulty_html"):
+        repair_faulty_html = _make_repair_faulty_html(utils)
+        repair_faulty_html.__wrapped__ = utils.repair_faulty_html  # type: ignore[attr-defined]
+        _set(utils, "repair_faulty_html", repair_faulty_html)
+
+    # 5. C-level element class lookup for trafilatura's parser (restored with a fresh default
     # lookup, which is what lxml.html.HTMLParser() installs)
     parser = utils.HTML_PARSER
     parser.set_element_class_lookup(_c_class_lookup())
