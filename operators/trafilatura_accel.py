@@ -998,9 +998,14 @@ def install() -> bool:
 
     # 5. C-level element class lookup for trafilatura's parser (restored with a fresh default
     # lookup, which is what lxml.html.HTMLParser() installs)
-    parser = utils.HTML_PARSER
-    parser.set_element_class_lookup(_c_class_lookup())
-    _installed.append(lambda: parser.set_element_class_lookup(HtmlElementClassLookup()))
+    try:
+        lookup = _c_class_lookup()
+    except (AttributeError, TypeError) as err:  # lxml internals moved: keep the Python lookup
+        LOGGER.warning("lxml.html class lookup not reproducible (%s): not accelerated", err)
+    else:
+        parser = utils.HTML_PARSER
+        parser.set_element_class_lookup(lookup)
+        _installed.append(lambda: parser.set_element_class_lookup(HtmlElementClassLookup()))
     return True
 
 
