@@ -168,8 +168,11 @@ def _pydantic_message(err: ValidationError) -> tuple[tuple[Any, ...], str]:
     return loc, msg
 
 
+_KINDS = {"reader": registry.READERS, "step": registry.ROW_STEPS, "global step": registry.GLOBAL_STEPS}
+
+
 def _operator(ctx: _Ctx, path: tuple[Any, ...], raw: Any, kind: str) -> OperatorSpec:
-    table = {"reader": registry.READERS, "step": registry.ROW_STEPS, "global step": registry.GLOBAL_STEPS}[kind]
+    table = _KINDS[kind]
     if isinstance(raw, str):
         raw = {raw: None}
     if not isinstance(raw, dict) or len(raw) != 1:
@@ -178,10 +181,8 @@ def _operator(ctx: _Ctx, path: tuple[Any, ...], raw: Any, kind: str) -> Operator
     name = str(name)
     if name not in table:
         hint = _did_you_mean(name, list(table))
-        others = [t for t in ("reader", "step", "global step") if t != kind]
-        for other in others:
-            if name in {"reader": registry.READERS, "step": registry.ROW_STEPS,
-                        "global step": registry.GLOBAL_STEPS}[other]:
+        for other, names in _KINDS.items():
+            if other != kind and name in names:
                 hint = f" ('{name}' is a {other}, not a {kind})"
         raise ctx.fail(path, f"unknown {kind} '{name}'{hint}")
     cls = registry.load(table[name])

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from operators import registry
 from operators.base import DROP_REASON, DROP_STEP, InputFile, TaskContext
-from operators.writers import read_arrow, sort_by_id, write_arrow
+from operators.writers import sort_by_id, write_arrow
 
 #: ledger columns, in order
 LEDGER_SCHEMA = pa.schema([
@@ -224,5 +224,3 @@ def load_task_record(out_dir: str, source: str, index: int) -> dict[str, Any] | 
             return None
     return rec
 
-
-__all__ = ["Task", "run_task", "load_task_record", "read_arrow", "LEDGER_SCHEMA"]
