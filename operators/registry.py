@@ -19,6 +19,14 @@ READERS: dict[str, str] = {
 #: row steps: run fused, batch by batch, inside one Arrow pass per source
 ROW_STEPS: dict[str, str] = {
     "extract": "operators.extract:Extract",
+    "url_filter": "operators.url_filter:UrlFilter",
+    "langid": "operators.langid:LangId",
+    "gopher_repetition": "operators.quality:GopherRepetition",
+    "gopher_quality": "operators.quality:GopherQuality",
+    "c4_quality": "operators.quality:C4Quality",
+    "fineweb_quality": "operators.quality:FineWebQuality",
+    "pii": "operators.pii:Pii",
+    "decontaminate": "operators.decontaminate:Decontaminate",
 }
 
 #: global steps: run on the union of the sources as Spark DataFrames (may shuffle)

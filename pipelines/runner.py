@@ -142,11 +142,15 @@ def finish(spec: PipelineSpec, out_dir: str, tasks: list[Task], records: list[di
         for i, s in enumerate(src.steps):
             per = [r["steps"][i] for r in recs]
             drops: dict[str, int] = {}
+            step_counters: dict[str, int] = {}
             for p in per:
                 for k, v in p["drops"].items():
                     drops[k] = drops.get(k, 0) + v
+                for k, v in p.get("counters", {}).items():
+                    step_counters[k] = step_counters.get(k, 0) + v
             steps.append({"step": s.name, "rows_in": sum(p["rows_in"] for p in per),
                           "rows_out": sum(p["rows_out"] for p in per), "drops": dict(sorted(drops.items())),
+                          "counters": dict(sorted(step_counters.items())),
                           "seconds": round(sum(p["seconds"] for p in per), 3)})
         counters: dict[str, int] = {}
         for r in recs:

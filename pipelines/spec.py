@@ -207,7 +207,7 @@ def source_columns(read: OperatorSpec, steps: list[OperatorSpec]) -> list[list[s
     out = [list(cols)]
     for s in steps:
         cls = registry.row_step(s.name)
-        cols = [c for c in cols if c not in cls.consumes] + [c for c in cls.adds if c not in cols]
+        cols = [c for c in cols if c not in cls.consumes] + [c for c in cls.added(s.params) if c not in cols]
         out.append(list(cols))
     return out
 

@@ -18,13 +18,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators import registry
-from operators.base import DROP_REASON, DROP_STEP, InputFile, TaskContext
+from operators.base import DROP_DETAIL, DROP_REASON, DROP_STEP, InputFile, TaskContext
 from operators.writers import sort_by_id, write_arrow
 
 #: ledger columns, in order
 LEDGER_SCHEMA = pa.schema([
     ("id", pa.string()), ("source", pa.string()), ("url", pa.string()), ("path", pa.string()),
-    ("step", pa.string()), ("reason", pa.string()), ("length", pa.int64()), ("text_head", pa.string()),
+    ("step", pa.string()), ("reason", pa.string()), ("detail", pa.string()), ("length", pa.int64()),
+    ("text_head", pa.string()),
 ])
 PROGRESS_EVERY_S = 1.0
 SAMPLES_PER_REASON = 3
@@ -98,7 +99,8 @@ def _ledger_rows(before: pa.RecordBatch, after: pa.RecordBatch, mask: pa.Array, 
     else:
         length, head = pa.array([0] * n, pa.int64()), pa.nulls(n, pa.string())
     return pa.table([col("id"), col("source"), col("url").cast(pa.string()), col("path").cast(pa.string()),
-                     col(DROP_STEP, decided), col(DROP_REASON, decided), length, head], schema=LEDGER_SCHEMA)
+                     col(DROP_STEP, decided), col(DROP_REASON, decided), col(DROP_DETAIL, decided), length, head],
+                    schema=LEDGER_SCHEMA)
 
 
 def run_task(spec, task: Task, out_dir: str) -> dict[str, Any]:
@@ -107,7 +109,11 @@ def run_task(spec, task: Task, out_dir: str) -> dict[str, Any]:
     reader, steps = _build(spec, task.source)
     out = spec.output
     ctx = TaskContext(source=task.source, input=task.input)
-    step_stats = [{"step": s.name, "rows_in": 0, "rows_out": 0, "drops": {}, "seconds": 0.0} for s in steps]
+    step_stats = [{"step": s.name, "rows_in": 0, "rows_out": 0, "drops": {}, "counters": {}, "seconds": 0.0}
+                  for s in steps]
+    # each step counts into its own stats (e.g. pii replacements); damage reports go to one list
+    step_ctxs = [TaskContext(source=task.source, input=task.input, counters=st["counters"], errors=ctx.errors)
+                 for st in step_stats]
     kept: list[pa.Table] = []
     ledger: list[pa.Table] = []
     samples: dict[str, list[dict[str, Any]]] = {}
@@ -132,12 +138,12 @@ def run_task(spec, task: Task, out_dir: str) -> dict[str, Any]:
             continue
         batch = _with_base_columns(batch, task.source)
         rows_read += batch.num_rows
-        for step, st in zip(steps, step_stats, strict=True):
+        for step, st, step_ctx in zip(steps, step_stats, step_ctxs, strict=True):
             if batch.num_rows == 0:
                 break
             st["rows_in"] += batch.num_rows
             t0 = time.perf_counter()
-            after = step(batch, ctx)
+            after = step(batch, step_ctx)
             st["seconds"] += time.perf_counter() - t0
             dropped = pc.is_valid(after.column(DROP_REASON))
             n_drop = pc.sum(dropped).as_py() or 0
@@ -151,7 +157,8 @@ def run_task(spec, task: Task, out_dir: str) -> dict[str, Any]:
             st["rows_out"] += after.num_rows
             batch = after
         if batch.num_rows:
-            kept.append(pa.Table.from_batches([batch.drop_columns([DROP_REASON, DROP_STEP])]))
+            meta = [c for c in (DROP_REASON, DROP_STEP, DROP_DETAIL) if c in batch.schema.names]
+            kept.append(pa.Table.from_batches([batch.drop_columns(meta)]))
         now = time.time()
         if now - last_progress >= PROGRESS_EVERY_S:
             write_json_atomic(progress_path, {"rows": rows_read})
@@ -195,18 +202,19 @@ def _take_samples(samples: dict[str, list[dict[str, Any]]], rows: pa.Table) -> N
         key = f"{row['step']}:{row['reason']}"
         bucket = samples.setdefault(key, [])
         if len(bucket) < SAMPLES_PER_REASON:
-            bucket.append({k: row[k] for k in ("id", "url", "path", "length", "text_head") if row[k] is not None})
+            bucket.append({k: row[k] for k in ("id", "url", "path", "detail", "length", "text_head")
+                           if row[k] is not None})
 
 
 def _empty_shard(reader, steps) -> pa.Table:
     """The schema of a shard with no kept rows: the reader's columns as the steps leave them."""
     cols = ["id", "source", *reader.produces]
     for s in steps:
-        cols = [c for c in cols if c not in s.consumes] + [c for c in s.adds if c not in cols]
+        cols = [c for c in cols if c not in s.consumes] + [c for c in s.added(s.params) if c not in cols]
     types = {c: pa.string() for c in cols}
     types.update({"html": pa.binary()} if "html" in cols else {})
     for s in steps:
-        types.update(s.adds)
+        types.update(s.added(s.params))
     return pa.schema([(c, types[c]) for c in cols]).empty_table()
 
 

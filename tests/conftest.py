@@ -32,3 +32,38 @@ def spark():
                                 "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1"})
     yield session
     session.stop()
+
+
+def extract_texts(warc_glob: str) -> list[dict]:
+    """(id, url, text) of every page of the WARC files that ``extract`` keeps, without Spark."""
+    import glob
+
+    from operators.base import InputFile, TaskContext
+    from operators.extract import Extract, ExtractParams
+    from operators.readers.warc import WarcParams, WarcReader
+    from pipelines.task import _with_base_columns
+
+    reader = WarcReader(WarcParams(paths=warc_glob))
+    step = Extract(ExtractParams())
+    out: list[dict] = []
+    for i, path in enumerate(sorted(glob.glob(warc_glob))):
+        ctx = TaskContext(source="web", input=InputFile(i, path, os.path.basename(path)))
+        for batch in reader.read(ctx, 100):
+            batch = step(_with_base_columns(batch, "web"), ctx)
+            for row in batch.select(["id", "url", "text", "drop_reason"]).to_pylist():
+                if row["drop_reason"] is None:
+                    out.append({"id": row["id"], "url": row["url"], "text": row["text"]})
+    return out
+
+
+@pytest.fixture(scope="session")
+def web_texts() -> list[dict]:
+    """The main text of every real web page in the corpus (~700 pages, ~25 s once per test run)."""
+    return extract_texts(str(WEB / "*.warc.gz"))
+
+
+@pytest.fixture(scope="session")
+def book_texts() -> list[dict]:
+    """The 40 Project Gutenberg books, whole, as documents."""
+    return [{"id": p.stem, "url": None, "text": p.read_text(encoding="utf-8", errors="replace")}
+            for p in sorted((CORPUS / "books").glob("*.txt"))]
