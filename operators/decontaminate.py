@@ -448,6 +448,9 @@ class DecontaminateParams(Params):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"two eval sets are named '{twice[0]}' (a set is named by its file name)")
+        missing = [p for p in v if not os.path.isfile(p)]
+        if missing:  # checked when the pipeline is validated, before Spark starts
+            raise ValueError(f"cannot read eval set {missing[0]}: no such file")
         return v
 
     @model_validator(mode="after")
@@ -463,13 +466,12 @@ class Decontaminate(RowStep):
     name = "decontaminate"
     Params = DecontaminateParams
     reads = ("text",)
-    #: in mark mode only (an instance in drop mode adds nothing)
+    #: in mark mode only (drop mode adds nothing)
     adds = {"contaminated": pa.bool_(), "contamination": pa.string()}
 
-    def __init__(self, params: DecontaminateParams):
-        super().__init__(params)
-        if params.mode == "drop":
-            self.adds = {}
+    @classmethod
+    def added(cls, params: DecontaminateParams) -> dict[str, pa.DataType]:
+        return cls.adds if params.mode == "mark" else {}
 
     def setup(self) -> None:
         p: DecontaminateParams = self.params

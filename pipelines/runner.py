@@ -271,6 +271,8 @@ def summary(stats: dict[str, Any], out_dir: str) -> str:
         lines.append(f"  {name}: {s['input_files']} files, {s['rows_read']} read, {s['rows_kept']} kept{errors}")
         for st in s["steps"]:
             drops = ", ".join(f"{k} {v}" for k, v in st["drops"].items()) or "none"
-            lines.append(f"    {st['step']:<16} in {st['rows_in']:>8}  out {st['rows_out']:>8}  dropped: {drops}")
+            counted = ", ".join(f"{k} {v}" for k, v in st.get("counters", {}).items())
+            lines.append(f"    {st['step']:<18} in {st['rows_in']:>8}  out {st['rows_out']:>8}  dropped: {drops}"
+                         + (f"  ({counted})" if counted else ""))
     lines.append(f"  outputs: {out_dir}/ (shards/, manifest.json, stats.json, ledger/)")
     return "\n".join(lines)

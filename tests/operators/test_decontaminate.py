@@ -134,7 +134,7 @@ def test_a_copied_13_word_span_is_dropped_with_its_set_and_n_gram(trivia):
     assert out.column("drop_detail").to_pylist()[1:] == [None, None]
     assert c.counters == {"contaminated": 1, "contaminated_trivia": 1}
     assert "contaminated" not in out.schema.names  # drop mode adds no column
-    assert s.adds == {}
+    assert s.added(s.params) == {}
 
 
 def test_twelve_shared_words_are_not_enough(trivia):
@@ -150,7 +150,7 @@ def test_twelve_shared_words_are_not_enough(trivia):
 
 def test_mark_mode_keeps_rows_and_adds_columns(trivia):
     s = step(eval_sets=[trivia], mode="mark")
-    assert set(s.adds) == {"contaminated", "contamination"}
+    assert set(s.added(s.params)) == {"contaminated", "contamination"}
     docs = ["It asks: " + QUESTION, "clean text", QUESTION]
     out = s(batch_of(docs, dropped=[None, None, "too_short"]), c := ctx())
     assert out.column("drop_reason").to_pylist() == [None, None, "too_short"]
@@ -227,9 +227,9 @@ def test_bad_eval_sets_are_one_clear_error_at_setup(tmp_path):
     with pytest.raises(ValidationError, match="two eval sets are named 'x'"):
         DecontaminateParams(eval_sets=["a/x.jsonl", "b/x.txt"])
     with pytest.raises(ValidationError, match="min_words"):
-        DecontaminateParams(eval_sets=["x.txt"], ngram=5, min_words=8)
+        DecontaminateParams(eval_sets=[str(latin)], ngram=5, min_words=8)
     with pytest.raises(ValidationError):
-        DecontaminateParams(eval_sets=["x.txt"], n_grams=13)  # unknown key
+        DecontaminateParams(eval_sets=[str(latin)], n_grams=13)  # unknown key
 
 
 def test_the_index_is_built_once_per_process_and_rebuilt_when_a_file_changes(trivia):
