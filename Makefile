@@ -34,9 +34,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/smelter run pipelines/examples/extract.yaml
+	$(VENV)/bin/smelter run pipelines/examples/fineweb.yaml
 	@echo
-	@echo "demo outputs: out/extract/shards/ (Arrow IPC), out/extract/manifest.json, out/extract/stats.json, out/extract/ledger/"
+	@echo "demo outputs: out/fineweb/shards/ (Arrow IPC), out/fineweb/manifest.json, out/fineweb/stats.json, out/fineweb/ledger/"
 
 test: setup
 	$(PY) -m pytest -q
@@ -46,6 +46,7 @@ lint: setup
 
 bench: setup
 	$(PY) bench/extract.py
+	$(PY) bench/filters.py
 
 clean:
 	rm -rf out .pytest_cache

@@ -177,3 +177,23 @@ def test_a_file_that_is_not_a_model_is_one_clear_line(tmp_path):
     with pytest.raises(assets.AssetError, match=f"langid: cannot load fastText model {bad}") as e:
         LangId(LangIdParams(model=str(bad))).setup()
     assert "\n" not in str(e.value)
+
+
+def test_accuracy_on_the_75_language_test_set():
+    """lid.176 through the step on ../shared/corpus/langid: mean top-1 accuracy over the languages the
+    model has labels for (the bare model scores ~0.89 there)."""
+    from tests.conftest import CORPUS
+
+    step = LangId(LangIdParams(drop=False))
+    step.ensure_setup()
+    labels = {lab.removeprefix("__label__") for lab in step._model.get_labels()}
+    accuracy = {}
+    for path in sorted((CORPUS / "langid").glob("*.txt")):
+        if path.stem not in labels:
+            continue
+        sentences = [s for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
+        out = step(batch_of(sentences), ctx())
+        accuracy[path.stem] = sum(lang == path.stem for lang in out.column("lang").to_pylist()) / len(sentences)
+    assert len(accuracy) >= 60
+    assert sum(accuracy.values()) / len(accuracy) >= 0.85, accuracy
+    assert accuracy["en"] >= 0.95 and accuracy["de"] >= 0.95
