@@ -45,9 +45,7 @@ def documents(workdir: Path) -> list[str]:
 
 
 def ours() -> dict:
-    from operators.langid import LangId, LangIdParams
-    from operators.pii import Pii, PiiParams
-    from operators.quality import (
+    from operators.filters.heuristic import (
         C4Quality,
         C4QualityParams,
         FineWebQuality,
@@ -57,6 +55,8 @@ def ours() -> dict:
         GopherRepetition,
         GopherRepetitionParams,
     )
+    from operators.langid import LangId, LangIdParams
+    from operators.pii import Pii, PiiParams
 
     steps = {
         "langid": LangId(LangIdParams(languages=["en"], min_score=0.65)),

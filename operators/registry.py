@@ -19,14 +19,14 @@ READERS: dict[str, str] = {
 #: row steps: run fused, batch by batch, inside one Arrow pass per source
 ROW_STEPS: dict[str, str] = {
     "extract": "operators.extract:Extract",
-    "url_filter": "operators.url_filter:UrlFilter",
+    "url_filter": "operators.filters.url:UrlFilter",
     "langid": "operators.langid:LangId",
-    "gopher_repetition": "operators.quality:GopherRepetition",
-    "gopher_quality": "operators.quality:GopherQuality",
-    "c4_quality": "operators.quality:C4Quality",
-    "fineweb_quality": "operators.quality:FineWebQuality",
+    "gopher_repetition": "operators.filters.heuristic:GopherRepetition",
+    "gopher_quality": "operators.filters.heuristic:GopherQuality",
+    "c4_quality": "operators.filters.heuristic:C4Quality",
+    "fineweb_quality": "operators.filters.heuristic:FineWebQuality",
     "pii": "operators.pii:Pii",
-    "decontaminate": "operators.decontaminate:Decontaminate",
+    "decontaminate": "operators.filters.decontaminate:Decontaminate",
 }
 
 #: global steps: run on the union of the sources as Spark DataFrames (may shuffle)

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from operators import decontaminate as dc
 from operators.base import InputFile, TaskContext
-from operators.decontaminate import Decontaminate, DecontaminateParams, normalize_words
+from operators.filters import decontaminate as dc
+from operators.filters.decontaminate import Decontaminate, DecontaminateParams, normalize_words
 from tests.conftest import CORPUS
 
 BOOKS = sorted((CORPUS / "books").glob("*.txt"))

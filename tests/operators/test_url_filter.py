@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from operators import assets
 from operators.base import InputFile, TaskContext
+from operators.filters.url import SortedStrings, UrlFilter, UrlFilterParams, default_lists_dir, normalize
 from operators.readers.warc import WarcParams, WarcReader
-from operators.url_filter import SortedStrings, UrlFilter, UrlFilterParams, default_lists_dir, normalize
 from tests.conftest import WEB
 
 # datatrove reads tldextract's deprecated ``registered_domain`` on every URL

@@ -2,7 +2,7 @@
 
 Each rule and default is the one of the recipe's paper as FineWeb's reference implementation (datatrove
 0.10.1) applies it, and the rules run in the same order, so a document drops with the same rule there and
-here. Words are spaCy's English tokens (see :mod:`operators.words`); what differs is how they are
+here. Words are spaCy's English tokens (see :mod:`operators.filters.words`); what differs is how they are
 computed: word ids in numpy arrays instead of lists of strings, n-grams as ids built pairwise, and a rule
 is only measured when the earlier rules passed.
 
@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from operators.base import Params, RowStep, TaskContext, alive, update_batch
-from operators.words import F_ALPHA, F_SYMBOL, TERMINAL_PUNCTUATION, words_for
+from operators.filters.words import F_ALPHA, F_SYMBOL, TERMINAL_PUNCTUATION, words_for
 
 Signals = dict[str, float]
 

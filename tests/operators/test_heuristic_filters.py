@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from operators.base import InputFile, TaskContext
-from operators.quality import (
+from operators.filters.heuristic import (
     C4Quality,
     C4QualityParams,
     FineWebQuality,
@@ -22,7 +22,7 @@ from operators.quality import (
     GopherRepetitionParams,
     _NGrams,
 )
-from operators.words import Words, words_for
+from operators.filters.words import Words, words_for
 
 # datatrove's reasons -> ours (only Gopher quality renames: the rest keep the reference's names)
 GOPHER_QUALITY_REASONS = {
