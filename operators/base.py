@@ -117,17 +117,29 @@ class RowStep:
 
 
 class GlobalStep:
-    """A step over the union of all sources as a Spark DataFrame (dedup); may shuffle."""
+    """A step over the documents of all sources as one Spark DataFrame (dedup); may shuffle.
+
+    The runner gives :meth:`apply` the documents the row steps kept and earlier global steps did not
+    remove, as a DataFrame with ``id``, ``source``, ``part`` (the input file's index) and the columns in
+    ``reads`` (plus those of ``optional_reads`` that some source has; null where a source lacks them).
+    It returns the documents to remove: ``id``, ``source``, ``part``, ``reason``, ``detail`` and
+    ``dup_of`` (strings; ``dup_of`` the id of the document kept in its place). Small summaries for
+    ``stats.json`` (cluster counts, histograms) go into :attr:`stats`; nothing proportional to the
+    number of documents may be collected on the driver.
+    """
 
     name: ClassVar[str]
     Params: ClassVar[type[Params]]
     reads: ClassVar[tuple[str, ...]] = ()
-    adds: ClassVar[dict[str, pa.DataType]] = {}
+    optional_reads: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Params):
         self.params = params
+        self.stats: dict[str, Any] = {}
+        #: the sources in YAML order (set by the runner): "first in input order" starts there
+        self.source_order: list[str] = []
 
-    def apply(self, df: Any) -> Any:  # pyspark.sql.DataFrame -> DataFrame
+    def apply(self, docs: Any) -> Any:  # pyspark.sql.DataFrame -> DataFrame of removals
         raise NotImplementedError
 
 

@@ -56,13 +56,15 @@ strings lets every word be hashed once, and the fold is cheap enough to do per s
 strings of :func:`shingles` with ``update_batch`` holds exactly ``signatures(...)``'s row in its
 ``hashvalues`` (``tests/operators/test_minhash.py`` checks that on the real corpus).
 
-**Speed.** With numba (the default backend) a batch is lowercased in Python, then two compiled passes
-over its code points do steps 2-4, and, after NFD in Python for the documents that still hold
-non-ASCII characters, steps 5-6, the word split, XXH64 of every word, the shingle fold and the
-permutation minima; no Python runs per word or per shingle, and nothing runs in threads (Spark runs one
-task per core). Without numba the ``"numpy"`` backend computes the same signatures with the reference
-normalization, a cache of word hashes (the ``xxhash`` package) and vectorized numpy, several times
-slower. The numba kernels are compiled on first use and cached on disk by numba (``cache=True``).
+**Speed.** With numba (the default backend) one compiled pass over a batch's UTF-8 does everything
+for each document whose words are ASCII once punctuation is gone (most English text and code):
+lowercasing, steps 2-4 (5-6 change nothing in ASCII), the word split, XXH64 of every word, the shingle
+fold and the permutation minima. Any other document takes the slow path: ``str.lower`` in Python, a
+compiled pass for steps 2-4, NFD in Python, and a compiled pass for the marks, words, hashes and
+minima. No Python runs per word or per shingle, and nothing runs in threads (Spark runs one task per
+core). Without numba the ``"numpy"`` backend computes the same signatures from the reference
+:func:`normalize`, a cache of word hashes (the ``xxhash`` package) and vectorized numpy, about 20 times
+slower. The kernels compile on first use (a few seconds) and numba caches them on disk.
 """
 
 from __future__ import annotations
@@ -314,127 +316,202 @@ def _fmix64(h):
     return h ^ (h >> _U33)
 
 
-def _normalize_kernel(cps, offsets, table, out, out_offsets, nonascii):
-    """Steps 2-4 of the normalization of each document ``cps[offsets[d]:offsets[d+1]]`` (lowercased
-    code points) into ``out[out_offsets[d]:out_offsets[d+1]]``; ``nonascii[d]``: whether it keeps a
-    character above U+007F (then step 5 has work to do)."""
+def _decode(buf, i):
+    """The code point starting at ``buf[i]`` (UTF-8, surrogates allowed) and its length in bytes."""
+    c = np.int64(buf[i])
+    if c < 0x80:
+        return c, 1
+    if c < 0xE0:
+        return ((c & 0x1F) << 6) | (np.int64(buf[i + 1]) & 0x3F), 2
+    if c < 0xF0:
+        return (((c & 0x0F) << 12) | ((np.int64(buf[i + 1]) & 0x3F) << 6)
+                | (np.int64(buf[i + 2]) & 0x3F)), 3
+    return (((c & 0x07) << 18) | ((np.int64(buf[i + 1]) & 0x3F) << 12)
+            | ((np.int64(buf[i + 2]) & 0x3F) << 6) | (np.int64(buf[i + 3]) & 0x3F)), 4
+
+
+def _number_end(buf, i, end, table):
+    """Step 2 at a digit starting at ``buf[i]``: the end of ``\\p{Nd}+([.,،٫⎖⎗⎘]\\p{Nd}+)?`` there (greedy,
+    as ``regex.sub`` matches it left to right)."""
+    c, n = _decode(buf, i)
+    j = i + n
+    while j < end:
+        c, n = _decode(buf, j)
+        if not table[c] & 1:  # _ND
+            break
+        j += n
+    if j < end:
+        c, n = _decode(buf, j)
+        if table[c] & 2 and j + n < end:  # _DECSEP, then a digit?
+            c2, n2 = _decode(buf, j + n)
+            if table[c2] & 1:
+                j += n + n2
+                while j < end:
+                    c, n = _decode(buf, j)
+                    if not table[c] & 1:
+                        break
+                    j += n
+    return j
+
+
+def _finish(wh, nw, ngram, a, b, legacy, sig, row, sh):
+    """Shingle hashes of the word hashes ``wh[:nw]`` and the minima of the permutations into
+    ``sig[row]``."""
+    num_perm = a.shape[0]
+    if nw == 0:
+        for k in range(num_perm):
+            sig[row, k] = 0xFFFFFFFF
+        return
+    width = ngram if nw >= ngram else nw
+    ns = nw - width + 1
+    for s in range(ns):
+        h = _U0
+        for j in range(width):
+            h = h * _UFOLD + wh[s + j]
+        h = _fmix64(h) >> _U32
+        if not legacy:  # affine32: MurmurHash3's 32-bit finalizer first
+            h ^= h >> _U16
+            h = (h * _UFM32_1) & _UMAX32
+            h ^= h >> _U13
+            h = (h * _UFM32_2) & _UMAX32
+            h ^= h >> _U16
+        sh[s] = h
+    if legacy:
+        for k in range(num_perm):
+            ak = a[k]
+            bk = b[k]
+            m = _UMAX32
+            for s in range(ns):
+                x = sh[s] * ak + bk  # wraps at 2**64, as datasketch's numpy uint64
+                y = (x & _UPRIME) + (x >> _U61)  # x mod p, up to one subtraction
+                if y >= _UPRIME:
+                    y -= _UPRIME
+                y &= _UMAX32
+                if y < m:
+                    m = y
+            sig[row, k] = m
+    else:
+        for k in range(num_perm):
+            ak = a[k]
+            bk = b[k]
+            m = _UMAX32
+            for s in range(ns):
+                y = (sh[s] * ak + bk) & _UMAX32
+                if y < m:
+                    m = y
+            sig[row, k] = m
+
+
+def _fast_kernel(buf, offsets, table, ngram, a, b, legacy, sig, num_words, slow, wh, sh, scratch):
+    """Everything in one pass for each document of ``buf`` (UTF-8 of the original texts) whose words
+    are ASCII: lowercase (ASCII), steps 2-4 (steps 5-6 do nothing to ASCII), words, hashes, minima.
+    A document with a non-ASCII character that is neither punctuation, white space nor a digit is left
+    to the slow path: ``slow[d] = True``. (No punctuation, white space or digit has a lowercase form of
+    its own, so they are recognized before lowercasing.)"""
+    for d in range(offsets.shape[0] - 1):
+        end = offsets[d + 1]
+        i = offsets[d]
+        nw = 0
+        blen = 0
+        aborted = False
+        while i < end:
+            c = np.int64(buf[i])
+            n = 1
+            if c >= 0x80:
+                c, n = _decode(buf, i)
+            f = table[c]
+            if f & 1:  # _ND: a number becomes "0" inside the current word
+                i = _number_end(buf, i, end, table)
+                scratch[blen] = 48
+                blen += 1
+                continue
+            i += n
+            if f & 4:  # _SEP: ends a word
+                if blen > 0:
+                    wh[nw] = _xxh64(scratch, blen)
+                    nw += 1
+                    blen = 0
+                continue
+            if c >= 0x80:
+                aborted = True
+                break
+            if 65 <= c <= 90:  # A-Z
+                c += 32
+            scratch[blen] = c
+            blen += 1
+        if aborted:
+            slow[d] = True
+            continue
+        if blen > 0:
+            wh[nw] = _xxh64(scratch, blen)
+            nw += 1
+        num_words[d] = nw
+        _finish(wh, nw, ngram, a, b, legacy, sig, d, sh)
+
+
+def _normalize_kernel(buf, offsets, table, out, out_offsets):
+    """Steps 2-4 of the normalization of each document ``buf[offsets[d]:offsets[d+1]]`` (UTF-8 of the
+    lowercased text) into ``out[out_offsets[d]:out_offsets[d+1]]`` (UTF-8)."""
     o = 0
     for d in range(offsets.shape[0] - 1):
         out_offsets[d] = o
         start_o = o
-        pending = False  # a separator run was seen since the last character written
-        high = False
+        pending = False  # a separator was seen since the last character written
         i = offsets[d]
         end = offsets[d + 1]
         while i < end:
-            c = cps[i]
-            if table[c] & 1:  # _ND: \p{Nd}+([.,...]\p{Nd}+)? -> "0" (greedy, leftmost, as regex.sub)
-                j = i + 1
-                while j < end and table[cps[j]] & 1:
-                    j += 1
-                if j + 1 < end and table[cps[j]] & 2 and table[cps[j + 1]] & 1:
-                    j += 2
-                    while j < end and table[cps[j]] & 1:
-                        j += 1
-                c = np.uint32(48)
+            c, n = _decode(buf, i)
+            if table[c] & 1:  # _ND
+                j = _number_end(buf, i, end, table)
+                if pending and o > start_o:
+                    out[o] = 32
+                    o += 1
+                pending = False
+                out[o] = 48
+                o += 1
                 i = j
-            else:
-                i += 1
-            if table[c] & 4:  # _SEP: punctuation or white space
+                continue
+            if table[c] & 4:  # _SEP
                 pending = True
             else:
                 if pending and o > start_o:
                     out[o] = 32
                     o += 1
                 pending = False
-                out[o] = c
-                o += 1
-                if c > 127:
-                    high = True
-        nonascii[d] = high
+                for k in range(n):
+                    out[o + k] = buf[i + k]
+                o += n
+            i += n
     out_offsets[offsets.shape[0] - 1] = o
 
 
-def _signature_kernel(cps, offsets, table, ngram, a, b, legacy, sig, num_words, wh, sh, scratch):
-    """Steps 5-6 (nonspacing marks dropped; NFD was applied before), the word split, the word and
-    shingle hashes and the minima of the permutations, for each document of ``cps``/``offsets``."""
-    num_perm = a.shape[0]
+def _words_kernel(buf, offsets, rows, table, ngram, a, b, legacy, sig, num_words, wh, sh, scratch):
+    """Steps 5-6 (nonspacing marks dropped; NFD was applied before), the word split, hashes and minima
+    of each document ``buf[offsets[d]:offsets[d+1]]`` (UTF-8) into ``sig[rows[d]]``."""
     for d in range(offsets.shape[0] - 1):
+        row = rows[d]
         nw = 0
         blen = 0
-        for i in range(offsets[d], offsets[d + 1] + 1):
-            if i < offsets[d + 1]:
-                c = cps[i]
-                f = table[c]
-                if f & 16:  # _MN: dropped
-                    continue
-                if not f & 8:  # not _WS: append the character's UTF-8 bytes to the word
-                    if c < 0x80:
-                        scratch[blen] = c
-                        blen += 1
-                    elif c < 0x800:
-                        scratch[blen] = 0xC0 | (c >> 6)
-                        scratch[blen + 1] = 0x80 | (c & 0x3F)
-                        blen += 2
-                    elif c < 0x10000:  # surrogates included ("surrogatepass")
-                        scratch[blen] = 0xE0 | (c >> 12)
-                        scratch[blen + 1] = 0x80 | ((c >> 6) & 0x3F)
-                        scratch[blen + 2] = 0x80 | (c & 0x3F)
-                        blen += 3
-                    else:
-                        scratch[blen] = 0xF0 | (c >> 18)
-                        scratch[blen + 1] = 0x80 | ((c >> 12) & 0x3F)
-                        scratch[blen + 2] = 0x80 | ((c >> 6) & 0x3F)
-                        scratch[blen + 3] = 0x80 | (c & 0x3F)
-                        blen += 4
-                    continue
-            if blen > 0:  # white space or the end: a word ends
-                wh[nw] = _xxh64(scratch, blen)
-                nw += 1
-                blen = 0
-        num_words[d] = nw
-        if nw == 0:
-            for k in range(num_perm):
-                sig[d, k] = 0xFFFFFFFF
-            continue
-        width = ngram if nw >= ngram else nw
-        ns = nw - width + 1
-        for s in range(ns):
-            h = _U0
-            for j in range(width):
-                h = h * _UFOLD + wh[s + j]
-            h = _fmix64(h) >> _U32
-            if not legacy:  # affine32: MurmurHash3's 32-bit finalizer first
-                h ^= h >> _U16
-                h = (h * _UFM32_1) & _UMAX32
-                h ^= h >> _U13
-                h = (h * _UFM32_2) & _UMAX32
-                h ^= h >> _U16
-            sh[s] = h
-        if legacy:
-            for k in range(num_perm):
-                ak = a[k]
-                bk = b[k]
-                m = _UMAX32
-                for s in range(ns):
-                    x = sh[s] * ak + bk  # wraps at 2**64, as datasketch's numpy uint64
-                    y = (x & _UPRIME) + (x >> _U61)  # x mod p, up to one subtraction
-                    if y >= _UPRIME:
-                        y -= _UPRIME
-                    y &= _UMAX32
-                    if y < m:
-                        m = y
-                sig[d, k] = m
-        else:
-            for k in range(num_perm):
-                ak = a[k]
-                bk = b[k]
-                m = _UMAX32
-                for s in range(ns):
-                    y = (sh[s] * ak + bk) & _UMAX32
-                    if y < m:
-                        m = y
-                sig[d, k] = m
+        i = offsets[d]
+        end = offsets[d + 1]
+        while i < end:
+            c, n = _decode(buf, i)
+            f = table[c]
+            if f & 8:  # _WS: ends a word
+                if blen > 0:
+                    wh[nw] = _xxh64(scratch, blen)
+                    nw += 1
+                    blen = 0
+            elif not f & 16:  # not _MN: the character's bytes join the word
+                for k in range(n):
+                    scratch[blen + k] = buf[i + k]
+                blen += n
+            i += n
+        if blen > 0:
+            wh[nw] = _xxh64(scratch, blen)
+            nw += 1
+        num_words[row] = nw
+        _finish(wh, nw, ngram, a, b, legacy, sig, row, sh)
 
 
 _JITTED = False
@@ -450,9 +527,16 @@ def _numba() -> None:
     with _LOCK:
         if not _JITTED:
             g = globals()
-            for name in ("_rotl", "_read64", "_read32", "_xxh_round", "_xxh64", "_fmix64",
-                         "_normalize_kernel", "_signature_kernel"):
-                g[name] = numba.njit(cache=True, nogil=True, boundscheck=False)(g[name])
+
+            def jit(f):
+                try:
+                    return numba.njit(cache=True, nogil=True, boundscheck=False)(f)
+                except RuntimeError:  # no writable cache directory: compile in every process
+                    return numba.njit(nogil=True, boundscheck=False)(f)
+
+            for name in ("_rotl", "_read64", "_read32", "_xxh_round", "_xxh64", "_fmix64", "_decode",
+                         "_number_end", "_finish", "_fast_kernel", "_normalize_kernel", "_words_kernel"):
+                g[name] = jit(g[name])
             _JITTED = True
 
 
@@ -516,36 +600,41 @@ class MinHasher:
 
     def _batch_numba(self, texts: list[str], sig: np.ndarray, counts: np.ndarray) -> None:
         table = _tables().table
-        lowered = [t.lower() for t in texts]  # 1. (in Python: str.lower knows Unicode's special cases)
-        offsets = np.zeros(len(lowered) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, lowered), dtype=np.int64, count=len(lowered)), out=offsets[1:])
-        cps = np.frombuffer("".join(lowered).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        out = np.empty(max(len(cps), 1), dtype=np.uint32)
-        out_offsets = np.empty_like(offsets)
-        nonascii = np.zeros(len(lowered), dtype=np.bool_)
-        _normalize_kernel(cps, offsets, table, out, out_offsets, nonascii)  # 2.-4.
-        if nonascii.any():  # 5. NFD here (then the kernel drops the marks), only where it can matter
-            pieces, lengths, changed = [], [], False
-            for d in range(len(lowered)):
-                piece = out[out_offsets[d]:out_offsets[d + 1]]
-                if nonascii[d]:
-                    text = piece.tobytes().decode("utf-32-le", "surrogatepass")
-                    nfd = unicodedata.normalize("NFD", text)
-                    if nfd != text:
-                        piece = np.frombuffer(nfd.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-                        changed = True
-                pieces.append(piece)
-                lengths.append(len(piece))
-            if changed:
-                out = np.concatenate(pieces) if pieces else out
-                out_offsets[0] = 0
-                np.cumsum(lengths, out=out_offsets[1:])
-        longest = int(np.diff(out_offsets).max()) if len(out_offsets) > 1 else 0
+        legacy = self.scheme == "legacy"
+        encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
+        buf = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        longest = int(np.diff(offsets).max())
         wh = np.empty(longest + 1, dtype=np.uint64)
         sh = np.empty(longest + 1, dtype=np.uint64)
-        scratch = np.empty(4 * longest + 4, dtype=np.uint8)
-        _signature_kernel(out, out_offsets, table, self.ngram, self._a64, self._b64, self.scheme == "legacy",
-                          sig, counts, wh, sh, scratch)
+        scratch = np.empty(longest + 4, dtype=np.uint8)  # the UTF-8 of one word
+        slow = np.zeros(len(encoded), dtype=np.bool_)
+        _fast_kernel(buf, offsets, table, self.ngram, self._a64, self._b64, legacy, sig, counts, slow,
+                     wh, sh, scratch)
+        rows = np.flatnonzero(slow)
+        if len(rows) == 0:
+            return
+        # the slow path: 1. in Python, 2.-4. compiled, 5. NFD in Python, then marks, words, minima
+        lowered = [texts[r].lower().encode("utf-8", "surrogatepass") for r in rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, lowered), dtype=np.int64, count=len(rows)), out=offsets[1:])
+        buf = np.frombuffer(b"".join(lowered), dtype=np.uint8)
+        out = np.empty(max(len(buf), 1), dtype=np.uint8)
+        out_offsets = np.empty_like(offsets)
+        _normalize_kernel(buf, offsets, table, out, out_offsets)
+        nfd = [unicodedata.normalize("NFD", out[out_offsets[k]:out_offsets[k + 1]].tobytes()
+                                     .decode("utf-8", "surrogatepass")).encode("utf-8", "surrogatepass")
+               for k in range(len(rows))]
+        np.cumsum(np.fromiter(map(len, nfd), dtype=np.int64, count=len(rows)), out=offsets[1:])
+        longest = int(np.diff(offsets).max())
+        if longest + 1 > len(wh):
+            wh = np.empty(longest + 1, dtype=np.uint64)
+            sh = np.empty(longest + 1, dtype=np.uint64)
+        if longest + 4 > len(scratch):
+            scratch = np.empty(longest + 4, dtype=np.uint8)
+        _words_kernel(np.frombuffer(b"".join(nfd), dtype=np.uint8), offsets, rows, table, self.ngram,
+                      self._a64, self._b64, legacy, sig, counts, wh, sh, scratch)
 
     # -- numpy -------------------------------------------------------------------------------------
 

@@ -30,7 +30,9 @@ ROW_STEPS: dict[str, str] = {
 }
 
 #: global steps: run on the union of the sources as Spark DataFrames (may shuffle)
-GLOBAL_STEPS: dict[str, str] = {}
+GLOBAL_STEPS: dict[str, str] = {
+    "exact_dedup": "operators.dedup.exact:ExactDedup",
+}
 
 _cache: dict[str, Any] = {}
 

@@ -17,13 +17,14 @@ import time
 from typing import Any
 
 from pipelines.errors import UserError
+from pipelines.global_stage import run_global, stage_dir
 from pipelines.spec import SCHEMA_VERSION, PipelineSpec
 from pipelines.task import Task, load_task_record, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 #: what a fresh run clears from an existing output folder (nothing else there is touched)
-OUTPUT_ENTRIES = ("shards", "ledger", "_tasks", "_progress", "manifest.json", "stats.json")
+OUTPUT_ENTRIES = ("shards", "ledger", "_tasks", "_progress", "_stage", "manifest.json", "stats.json")
 
 
 def list_tasks(spec: PipelineSpec, base_dir: str = ".") -> list[Task]:
@@ -70,23 +71,31 @@ def run(spec: PipelineSpec, out_dir: str | None = None, resume: bool = False, sp
     t0 = time.time()
     tasks = list_tasks(spec)
     prepare_output(spec, out_dir, resume)
-    done = {(t.source, t.input.index): load_task_record(out_dir, t.source, t.input.index) for t in tasks}
+    # with global steps the row pass writes to _stage/ and the global stage writes the final shards
+    task_dir = stage_dir(out_dir) if spec.steps else out_dir
+    done = {(t.source, t.input.index): load_task_record(task_dir, t.source, t.input.index) for t in tasks}
     todo = [t for t in tasks if done[(t.source, t.input.index)] is None]
     if resume:
         log.info("resume: %d of %d input files already done", len(tasks) - len(todo), len(tasks))
     records = [r for r in done.values() if r is not None]
     spark_seconds = 0.0
-    if todo:
+    global_stats: list[dict[str, Any]] | None = None
+    if todo or spec.steps:
         if spark is None:
             from pipelines.session import get_session
 
             spark = get_session(f"smelter:{spec.name}")
         t1 = time.time()
-        with ProgressDisplay(out_dir, tasks, todo, enabled=progress):
-            records += _run_on_spark(spark, spec, todo, out_dir)
+        if todo:
+            with ProgressDisplay(task_dir, tasks, todo, enabled=progress):
+                records += _run_on_spark(spark, spec, todo, task_dir)
+        if spec.steps:
+            records, global_stats = run_global(spark, spec, out_dir, records)
         spark_seconds = time.time() - t1
     stats = finish(spec, out_dir, tasks, records, seconds=time.time() - t0, spark_seconds=spark_seconds,
-                   resumed=len(tasks) - len(todo))
+                   resumed=len(tasks) - len(todo), global_stats=global_stats)
+    if spec.steps:
+        shutil.rmtree(stage_dir(out_dir), ignore_errors=True)
     return stats
 
 
@@ -117,7 +126,8 @@ def _run_on_spark(spark, spec: PipelineSpec, todo: list[Task], out_dir: str) -> 
 
 
 def finish(spec: PipelineSpec, out_dir: str, tasks: list[Task], records: list[dict[str, Any]],
-           seconds: float, spark_seconds: float, resumed: int) -> dict[str, Any]:
+           seconds: float, spark_seconds: float, resumed: int,
+           global_stats: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Merge task records into manifest.json, stats.json and ledger/samples.json."""
     records = sorted(records, key=lambda r: (list(spec.sources).index(r["source"]), r["part"]))
     manifest = {
@@ -183,6 +193,7 @@ def finish(spec: PipelineSpec, out_dir: str, tasks: list[Task], records: list[di
         "seconds": round(seconds, 3),
         "spark_seconds": round(spark_seconds, 3),
         "sources": sources,
+        "global_steps": global_stats or [],
     }
     write_json_atomic(os.path.join(out_dir, "stats.json"), stats)
     write_json_atomic(os.path.join(out_dir, "ledger", "samples.json"), samples)
@@ -274,5 +285,9 @@ def summary(stats: dict[str, Any], out_dir: str) -> str:
             counted = ", ".join(f"{k} {v}" for k, v in st.get("counters", {}).items())
             lines.append(f"    {st['step']:<18} in {st['rows_in']:>8}  out {st['rows_out']:>8}  dropped: {drops}"
                          + (f"  ({counted})" if counted else ""))
+    for st in stats.get("global_steps", []):
+        drops = ", ".join(f"{src} {reason} {n}" for src, d in st["drops"].items() for reason, n in d.items())
+        lines.append(f"  global {st['step']:<18} in {st['rows_in']:>8}  out {st['rows_out']:>8}  "
+                     f"removed: {drops or 'none'}")
     lines.append(f"  outputs: {out_dir}/ (shards/, manifest.json, stats.json, ledger/)")
     return "\n".join(lines)

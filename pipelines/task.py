@@ -24,8 +24,8 @@ from operators.writers import sort_by_id, write_arrow
 #: ledger columns, in order
 LEDGER_SCHEMA = pa.schema([
     ("id", pa.string()), ("source", pa.string()), ("url", pa.string()), ("path", pa.string()),
-    ("step", pa.string()), ("reason", pa.string()), ("detail", pa.string()), ("length", pa.int64()),
-    ("text_head", pa.string()),
+    ("step", pa.string()), ("reason", pa.string()), ("detail", pa.string()), ("dup_of", pa.string()),
+    ("length", pa.int64()), ("text_head", pa.string()),
 ])
 PROGRESS_EVERY_S = 1.0
 SAMPLES_PER_REASON = 3
@@ -99,7 +99,8 @@ def _ledger_rows(before: pa.RecordBatch, after: pa.RecordBatch, mask: pa.Array, 
     else:
         length, head = pa.array([0] * n, pa.int64()), pa.nulls(n, pa.string())
     return pa.table([col("id"), col("source"), col("url").cast(pa.string()), col("path").cast(pa.string()),
-                     col(DROP_STEP, decided), col(DROP_REASON, decided), col(DROP_DETAIL, decided), length, head],
+                     col(DROP_STEP, decided), col(DROP_REASON, decided), col(DROP_DETAIL, decided),
+                     pa.nulls(n, pa.string()), length, head],
                     schema=LEDGER_SCHEMA)
 
 

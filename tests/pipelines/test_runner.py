@@ -137,5 +137,5 @@ def test_ledger_schema_is_stable_when_nothing_is_dropped(first_run):
     _, out, _, _ = first_run
     t = read_arrow(str(out / "ledger" / "books" / "part-00000.arrow"))
     assert t.num_rows == 0
-    assert t.schema.names == ["id", "source", "url", "path", "step", "reason", "detail", "length", "text_head"]
+    assert t.schema.names == ["id", "source", "url", "path", "step", "reason", "detail", "dup_of", "length", "text_head"]
     assert isinstance(t, pa.Table)
