@@ -34,11 +34,17 @@ def plan(spec: PipelineSpec) -> list[Stage]:
             operators=ops,
             columns=source_columns(src.read, src.steps)[-1],
             note="one mapInArrow task per input file; no shuffle"
-            + ("; writes shards/" + name + "/part-NNNNN.arrow (part = input file)" if writes_in_pass else ""),
+            + ("; writes shards/" + name + "/part-NNNNN.arrow (part = input file)" if writes_in_pass
+               else "; stages its shard in _stage/shards/" + name + "/"),
         ))
     for i, step in enumerate(spec.steps):
         stages.append(Stage(kind="shuffle", title=f"global step {i}", operators=[step.name],
-                            note="Spark shuffle over the union of all sources"))
+                            note="over the union of all sources (earlier removals left out); its removals "
+                                 f"are written to _stage/removed/{i}-{step.name}/"))
+    if spec.steps:
+        stages.append(Stage(kind="arrow-pass", title="final write", operators=["filter", "write"],
+                            note="removals regrouped by input file (one shuffle of ids); one task per input "
+                                 "file writes shards/<source>/part-NNNNN.arrow and its ledger part"))
     return stages
 
 
