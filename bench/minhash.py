@@ -19,9 +19,11 @@ word 5-grams.
   permutations), FineWeb's configuration (14 x 8, 64-bit hashes), end to end from the raw text. Its
   module is loaded from its file: the package ``datatrove.pipeline.dedup`` imports ``tokenizers``.
 
-Each implementation runs ``--repeats`` times (default 3) over the same documents (datasketch and
-datatrove over an evenly spread sample of ``--sample`` documents, default 1,500); the best run counts,
-so that noise from other processes hurts less. The load average is printed before and after.
+First smelter alone on every document, set by set. Then the comparison on an evenly spread sample of
+``--sample`` documents (default 1,500; datatrove, at ~100 documents a second, on ``--datatrove`` of
+them, default 300): ``--repeats`` rounds (default 3), each running every implementation once, so that
+noise from other processes hits all of them alike; each one's best round counts. The load average is
+printed before and after, and ~200 signatures of the sample are checked against datasketch first.
 
     .venv/bin/python bench/minhash.py [--web] [--repeats 3] [--sample 1500] [--workdir /tmp/smelter-bench-minhash]
 """
@@ -40,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from operators import minhash  # noqa: E402
+from operators.dedup import minhash  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpus"
 PIECE = 4500
@@ -73,40 +75,31 @@ def documents(web: bool, workdir: Path) -> dict[str, list[str]]:
     return sets
 
 
-def best_of(repeats: int, run) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def ours(docs: list[str], scheme: str, repeats: int) -> float:
+def ours(scheme: str):
     hasher = minhash.MinHasher(NUM_PERM, seed=SEED, scheme=scheme, backend="numba")
-    hasher.signatures(docs[:50])  # compile / load the kernels
+    hasher.signatures(["warm up: compile or load the kernels, build the tables"])
 
-    def run():
+    def run(docs: list[str]) -> None:
         for i in range(0, len(docs), 1000):
             hasher.signatures(docs[i:i + 1000])
 
-    return best_of(repeats, run)
+    return run
 
 
-def datasketch_time(shingles: list[list[bytes]], scheme: str, repeats: int) -> float:
+def datasketch_run(scheme: str):
     from datasketch import MinHash
 
     perms = MinHash(num_perm=NUM_PERM, seed=SEED, scheme=scheme).permutations
 
-    def run():
+    def run(shingles: list[list[bytes]]) -> None:
         for doc in shingles:
             m = MinHash(num_perm=NUM_PERM, seed=SEED, permutations=perms, scheme=scheme)
             m.update_batch(doc)
 
-    return best_of(repeats, run)
+    return run
 
 
-def datatrove_time(docs: list[str], repeats: int) -> float:
+def datatrove_run(tmp: str):
     import importlib.util
 
     import datatrove
@@ -118,28 +111,32 @@ def datatrove_time(docs: list[str], repeats: int) -> float:
     spec = importlib.util.spec_from_file_location("datatrove_dedup_minhash", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    MinhashConfig, MinhashDedupSignature = module.MinhashConfig, module.MinhashDedupSignature
+    config = module.MinhashConfig(n_grams=5, num_buckets=BANDS, hashes_per_bucket=ROWS, seed=SEED,
+                                  hash_config=HashConfig(precision=64, hash_fc="xxhash"))
+    step = module.MinhashDedupSignature(output_folder=tmp, config=config)
+    step.get_signature(step.get_shingles("warm up: load spaCy's tokenizer"))
 
-    config = MinhashConfig(n_grams=5, num_buckets=BANDS, hashes_per_bucket=ROWS, seed=SEED,
-                           hash_config=HashConfig(precision=64, hash_fc="xxhash"))
-    with tempfile.TemporaryDirectory() as tmp:
-        step = MinhashDedupSignature(output_folder=tmp, config=config)
-        step.get_signature(step.get_shingles(docs[0]))  # loads spaCy
+    def run(docs: list[str]) -> None:
+        for text in docs:
+            shingles = step.get_shingles(text)
+            if shingles.size:
+                step.get_signature(shingles)
 
-        def run():
-            for text in docs:
-                shingles = step.get_shingles(text)
-                if shingles.size:
-                    step.get_signature(shingles)
+    return run
 
-        return best_of(repeats, run)
+
+def timed(run, data) -> float:
+    t = time.perf_counter()
+    run(data)
+    return time.perf_counter() - t
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--web", action="store_true", help="add the corpus's extracted web pages")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--sample", type=int, default=1500, help="documents for datasketch and datatrove")
+    ap.add_argument("--sample", type=int, default=1500, help="documents of the comparison")
+    ap.add_argument("--datatrove", type=int, default=300, help="documents of the sample for datatrove")
     ap.add_argument("--workdir", default="/tmp/smelter-bench-minhash")
     args = ap.parse_args()
 
@@ -147,42 +144,57 @@ def main() -> None:
     docs = [d for s in sets.values() for d in s]
     step = max(1, len(docs) // args.sample)
     sample = docs[::step][:args.sample]
+    dt_sample = sample[::max(1, len(sample) // args.datatrove)][:args.datatrove]
     for name, s in sets.items():
         print(f"{name}: {len(s)} documents, mean {np.mean([len(d) for d in s]):.0f} characters")
     print(f"all: {len(docs)} documents, mean {np.mean([len(d) for d in docs]):.0f} characters, "
           f"mean {np.mean([len(d.encode('utf-8', 'surrogatepass')) for d in docs]):.0f} bytes; "
-          f"sample for the slow implementations: {len(sample)} documents, "
-          f"mean {np.mean([len(d) for d in sample]):.0f} characters")
+          f"the comparison's sample: {len(sample)} documents, mean {np.mean([len(d) for d in sample]):.0f} "
+          f"characters (datatrove: {len(dt_sample)}, mean {np.mean([len(d) for d in dt_sample]):.0f})")
     print(f"load average before: {os.getloadavg()[0]:.2f} (cpus: {os.cpu_count()})", flush=True)
 
     shingles = [[s.encode("utf-8") for s in minhash.shingles(minhash.words(d))] for d in sample]
-    # a correctness check on the sample: ours == datasketch with our shingle hash
+    # a correctness check on ~200 documents of the sample: ours == datasketch with our shingle hash
     from datasketch import MinHash
 
-    sig = minhash.signatures(sample[:200], NUM_PERM, SEED)
-    for row, doc in zip(sig, sample[:200], strict=True):
+    check = sample[::max(1, len(sample) // 200)]
+    sig = minhash.signatures(check, NUM_PERM, SEED)
+    for row, doc in zip(sig, check, strict=True):
         m = MinHash(num_perm=NUM_PERM, seed=SEED, scheme="legacy", hashfunc=minhash.shingle_hash)
         m.update_batch(minhash.shingles(minhash.words(doc)))
         assert np.array_equal(m.hashvalues, row)
 
-    rows = []
-    for scheme in ("legacy", "affine32"):
-        t = ours(docs, scheme, args.repeats)
-        rows.append((f"smelter `{scheme}` (numba, batches of 1000)", len(docs) / t))
-    for scheme in ("legacy", "affine32"):
-        t = datasketch_time(shingles, scheme, args.repeats)
-        rows.append((f"datasketch `{scheme}` update_batch, sha1", len(sample) / t))
-    t = datatrove_time(sample, args.repeats)
-    rows.append(("datatrove MinhashDedupSignature (spaCy, xxhash64)", len(sample) / t))
-    print(f"load average after: {os.getloadavg()[0]:.2f}\n")
+    # smelter alone, per set, all documents
+    print("\nsmelter per set (all documents, best of --repeats):\n")
+    print("| set | documents | legacy docs/s | affine32 docs/s |")
+    print("|---|---:|---:|---:|")
+    runs = {scheme: ours(scheme) for scheme in ("legacy", "affine32")}
+    for name, s in sets.items():
+        rates = [len(s) / min(timed(runs[scheme], s) for _ in range(args.repeats)) for scheme in runs]
+        print(f"| {name} | {len(s)} | {rates[0]:,.0f} | {rates[1]:,.0f} |")
 
-    ours_legacy, ours_affine = rows[0][1], rows[1][1]
-    print(f"{NUM_PERM} permutations ({BANDS} x {ROWS}), word 5-grams, one core\n")
-    print("| implementation | docs/s | µs/doc | smelter legacy ÷ it | smelter affine32 ÷ it |")
+    # the comparison on the sample, interleaved round by round so that noise hits every implementation
+    with tempfile.TemporaryDirectory() as tmp:
+        contenders = [
+            ("smelter `legacy` (numba, batches of 1000)", runs["legacy"], sample),
+            ("smelter `affine32` (numba, batches of 1000)", runs["affine32"], sample),
+            ("datasketch `legacy` update_batch, sha1", datasketch_run("legacy"), shingles),
+            ("datasketch `affine32` (its default) update_batch, sha1", datasketch_run("affine32"), shingles),
+            ("datatrove MinhashDedupSignature (spaCy, xxhash64)", datatrove_run(tmp), dt_sample),
+        ]
+        best = [float("inf")] * len(contenders)
+        for _ in range(args.repeats):
+            for i, (_, run, data) in enumerate(contenders):
+                best[i] = min(best[i], timed(run, data) / len(data))
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}\n")
+
+    legacy, affine = best[0], best[1]
+    print(f"{NUM_PERM} permutations ({BANDS} x {ROWS}), word 5-grams, one core, {len(sample)} documents "
+          f"({len(dt_sample)} for datatrove)\n")
+    print("| implementation | docs/s | µs/doc | smelter legacy is ... faster | smelter affine32 is ... faster |")
     print("|---|---:|---:|---:|---:|")
-    for name, rate in rows:
-        print(f"| {name} | {rate:,.0f} | {1e6 / rate:,.0f} | {ours_legacy / rate:.1f}x | {ours_affine / rate:.1f}x |")
-
+    for (name, _, _), t in zip(contenders, best, strict=True):
+        print(f"| {name} | {1 / t:,.0f} | {t * 1e6:,.0f} | {t / legacy:.1f}x | {t / affine:.1f}x |")
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,7 @@ import xxhash
 from datasketch.lsh import _optimal_param
 from datatrove.utils import text as dt_text
 
-from operators import minhash as mh
+from operators.dedup import minhash as mh
 from tests.conftest import CORPUS, ROOT
 
 CRAFTED = [
@@ -29,7 +29,7 @@ CRAFTED = [
     "Four words, only four.",
     "exactly five words are here",
     "Hello, World! The 3.14 café's résumé; naïve   test\u00a0of\u2003some\twords 1,000,000 x2y ٣٫١٤ ١٢٣ ١2",
-    "ÀÉÎÕÜ ñ ç ø å ß ẞ Σίσυφος ΣΑΣ İstanbul ǅemal ﬁne Å K",  # Kelvin sign, ligature, final sigma
+    "ÀÉÎÕÜ ñ ç ø å ß ẞ Σίσυφος ΣΑΣ İstanbul ǅemal ﬁne \u212b \u212a",  # ligature, final sigma, Å, K signs
     "a ≠ b ; c ≮ d ＂quoted＂ 〈x〉 ;greek question; e\u0301 o\u0308 \u0301 x \u0301\u0301 y",
     "Hangul 한국어 텍스트 漢字 かな カタカナ ไทย हिन्दी العربية עברית",
     "tabs\tand\nnewlines\r\nand\x0bvertical\x0cfeed\x1cfile\x1dgroup\x85nel\u2028line\u2029para",
@@ -38,6 +38,11 @@ CRAFTED = [
     "1.2.3 4,5,6 7.8e9 0.5. .5 5. 12,34.56",
     "MiXeD CaSe ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghijklmnopqrstuvwxyz",
     "\x00\x01\x7f\x80\x9f control\x00chars",
+    "ascii words, other digits ١٢٣ and ٣٫١٤ and 1٫5 and ١,٢ and ۱۲ end",  # the one-pass path
+    "ascii\u00a0words\u2003“curly” ‘quotes’ — dashes – and…dots «guillemets» 【brackets】 end",
+    "1 2 3 4 5 6 7 8 9 10 11 12",
+    "ΣΟΦΟΣ ΟΔΥΣΣΕΥΣ σοφός Ὀδυσσεύς",  # capital sigma: the slow path
+    "Größe ÄÖÜ äöü Straße İI ı ǈ Ǉ ǉ \u2126 Ω \u212b Å ﬀ ＡＢＣ ｆｕｌｌ",  # the one-pass path's folds
 ]
 
 
@@ -128,6 +133,15 @@ def test_word_and_shingle_hash():
     assert mh.shingle_hashes_np(hashes[:3]).tolist() == [mh.shingle_hash("a b c")]
 
 
+def test_hash_values_are_fixed():
+    """The hashes are a stored format (signatures and band keys outlive a run): fixed values."""
+    assert mh.shingle_hash("the quick brown fox jumps") == 1091016119
+    assert mh.shingle_hash("a") == 1611979406
+    doc = ["The quick brown fox jumps over the lazy dog."]
+    assert mh.signatures(doc)[0, :4].tolist() == [811283584, 45496368, 795389044, 308618444]
+    assert mh.signatures(doc, scheme="affine32")[0, :4].tolist() == [465300461, 255913268, 85772385, 2402514138]
+
+
 def test_compiled_xxh64_equals_xxhash():
     mh._numba()
     words = [w.encode("utf-8", "surrogatepass") for w in
@@ -170,19 +184,38 @@ def test_signatures_equal_datasketch(num_perm, seed, scheme):
 
 
 def test_fast_and_slow_paths_are_used():
-    """The corpus exercises both compiled paths: ASCII documents in one pass, the others through NFD."""
+    """The corpus exercises both compiled paths: one pass for most documents, NFD in Python for those
+    with a character that cannot be folded alone (Greek capital sigma, ...)."""
     mh._numba()
+    tables = mh._tables()
     docs = [d.encode("utf-8", "surrogatepass") for d in corpus_docs()]
     offsets = np.zeros(len(docs) + 1, dtype=np.int64)
     np.cumsum([len(d) for d in docs], out=offsets[1:])
     longest = int(np.diff(offsets).max())
     slow = np.zeros(len(docs), dtype=np.bool_)
     a, b = (x.astype(np.uint64) for x in mh.permutations(16))
-    mh._fast_kernel(np.frombuffer(b"".join(docs), dtype=np.uint8), offsets, mh._tables().table, 5, a, b, True,
+    mh._fast_kernel(np.frombuffer(b"".join(docs), dtype=np.uint8), offsets, tables.table, tables.fold_index,
+                    tables.fold_offsets, tables.fold_bytes, 5, a, b, True,
                     np.empty((len(docs), 16), dtype=np.uint32), np.empty(len(docs), dtype=np.int64), slow,
-                    np.empty(longest + 1, dtype=np.uint64), np.empty(longest + 1, dtype=np.uint64),
-                    np.empty(longest + 4, dtype=np.uint8))
-    assert 50 < slow.sum() < len(docs) - 50
+                    np.empty(longest + 1, dtype=np.uint64), np.empty(longest + 1, dtype=np.uint32),
+                    np.empty(3 * longest + 4, dtype=np.uint8))
+    assert 3 <= slow.sum() < 20
+    assert "Σ" in corpus_docs()[int(np.flatnonzero(slow)[0])]
+
+
+def test_every_special_character():
+    """Each character the one-pass kernel folds or leaves to the slow path, and a sample of the others,
+    alone in a word: the compiled backend hashes the word as the reference does."""
+    tables = mh._tables()
+    special = np.flatnonzero(tables.table & (mh._FOLDS | mh._UNSAFE | mh._MN | mh._ND | mh._SEP))
+    others = np.random.default_rng(7).integers(0x80, sys.maxunicode + 1, 3000)
+    chars = [chr(c) for c in np.unique(np.concatenate([special, others]))]
+    docs = [f"q{c}z Q{c}{c}Z" for c in chars]
+    fast = mh.MinHasher(8, scheme="affine32", ngram=1, backend="numba").signatures(docs)
+    slow = mh.MinHasher(8, scheme="affine32", ngram=1, backend="numpy").signatures(docs)
+    bad = [hex(ord(c)) for c, x, y in zip(chars, fast, slow, strict=True) if not np.array_equal(x, y)]
+    assert bad == []
+    assert len(chars) > 19000
 
 
 @pytest.mark.parametrize("scheme", ["legacy", "affine32"])
@@ -267,7 +300,7 @@ def test_band_hashes():
 def test_band_hashes_are_deterministic():
     keys = mh.band_hashes(_sample_signatures(), 14, 8)
     assert keys[0, :3].tolist() == GOLDEN
-    code = ("import json; import numpy as np; from operators.minhash import band_hashes; "
+    code = ("import json; import numpy as np; from operators.dedup.minhash import band_hashes; "
             f"print(json.dumps(band_hashes({_SAMPLE}, 14, 8).tolist()))")
     for seed in ("0", "12345"):
         env = dict(os.environ, PYTHONHASHSEED=seed)

@@ -57,19 +57,22 @@ strings of :func:`shingles` with ``update_batch`` holds exactly ``signatures(...
 ``hashvalues`` (``tests/operators/test_minhash.py`` checks that on the real corpus).
 
 **Speed.** With numba (the default backend) one compiled pass over a batch's UTF-8 does everything
-for each document whose words are ASCII once punctuation is gone (most English text and code):
-lowercasing, steps 2-4 (5-6 change nothing in ASCII), the word split, XXH64 of every word, the shingle
-fold and the permutation minima. Any other document takes the slow path: ``str.lower`` in Python, a
-compiled pass for steps 2-4, NFD in Python, and a compiled pass for the marks, words, hashes and
-minima. No Python runs per word or per shingle, and nothing runs in threads (Spark runs one task per
-core). Without numba the ``"numpy"`` backend computes the same signatures from the reference
-:func:`normalize`, a cache of word hashes (the ``xxhash`` package) and vectorized numpy, about 20 times
-slower. The kernels compile on first use (a few seconds) and numba caches them on disk.
+for a document: steps 2-4 on the original characters, each word character lowercased, decomposed and
+stripped of marks on its own through a table built from ``str.lower`` and ``unicodedata`` (ASCII
+letters inline), the word split, XXH64 of every word, the shingle fold and the permutation minima. The
+few documents with a character that cannot be handled alone (Greek capital sigma, whose lowercase
+depends on its neighbours, and a few dozen rare others) take a slow path: ``str.lower`` and NFD in Python around
+two compiled passes. No Python runs per word or per shingle, and nothing runs in threads (Spark runs
+one task per core). Without numba the ``"numpy"`` backend computes the same signatures from the
+reference :func:`normalize`, a cache of word hashes (the ``xxhash`` package) and vectorized numpy,
+about 20 times slower. The kernels compile on first use (a few seconds) and numba caches them on disk;
+the character tables take ~0.3 s once per process.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import sys
 import threading
@@ -101,7 +104,7 @@ _WHITESPACE = re.compile(r"\s+")
 
 # 64-bit constants (Python ints; the numba kernels and numpy code use them as np.uint64)
 _M64 = (1 << 64) - 1
-_FOLD = 0x9E3779B97F4A7C15  # shingle fold multiplier
+_SHINGLE_MUL = 0x9E3779B97F4A7C15  # shingle fold multiplier
 _BAND_SEED = 0x2545F4914F6CDD1D  # band key start value
 _FMIX64_1, _FMIX64_2 = 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53
 _FMIX32_1, _FMIX32_2 = 0x85EBCA6B, 0xC2B2AE35
@@ -158,7 +161,7 @@ def shingle_hash(shingle: str) -> int:
     ``datasketch.MinHash`` agree with :func:`signatures`."""
     h = 0
     for w in shingle.split(" "):
-        h = (h * _FOLD + word_hash(w)) & _M64
+        h = (h * _SHINGLE_MUL + word_hash(w)) & _M64
     return _fmix64_int(h) >> 32
 
 
@@ -185,7 +188,7 @@ def permutations(num_perm: int, seed: int = 1, scheme: Scheme = "legacy") -> tup
 
 
 # --------------------------------------------------------------------------------------------------
-# Character tables (built once per process, ~0.4 s)
+# Character tables (built once per process, ~0.3 s)
 
 # flag bits of the code-point table
 _ND = 1  # decimal digit (regex's \p{Nd})
@@ -193,9 +196,24 @@ _DECSEP = 2  # one of the decimal separators of step 2
 _SEP = 4  # punctuation or white space: becomes (part of) one space in steps 3-4
 _WS = 8  # white space (re's \s == str.isspace): splits words
 _MN = 16  # nonspacing mark (unicodedata's category Mn): dropped in step 5
+_FOLDS = 32  # a word character whose lowercase NFD without marks is not itself: see _Tables
+_UNSAFE = 64  # a word character the one-pass kernel cannot fold: the document takes the slow path
 
 
 class _Tables:
+    """What the kernels know about each code point, from this Python's ``unicodedata`` and ``str.lower``
+    (and ``regex``'s digits), built once per process (~0.3 s).
+
+    ``fold`` is the one-pass kernel's version of steps 1, 5 and 6 for one word character ``c``: the
+    characters of ``NFD(c.lower())`` that are not nonspacing marks, as UTF-8 (``fold_index[c]`` is the
+    entry, 0 for "``c`` itself"). That equals what steps 1-6 make of ``c`` inside a word because
+    ``str.lower`` maps characters one by one except capital sigma (context: final or not), no digit,
+    separator or white space changes under it, NFD decomposes characters one by one and reorders only
+    runs of combining characters, which are all nonspacing marks (dropped) but for 25 spacing ones with
+    a nonzero combining class (Unicode 14). A character for which one of these does not hold (capital
+    sigma, those 25 and the characters that decompose into them, a lowercase that holds a digit,
+    separator or space) is ``_UNSAFE``."""
+
     def __init__(self) -> None:
         n = sys.maxunicode + 1
         every = np.arange(n, dtype=np.uint32).tobytes().decode("utf-32-le", "surrogatepass")
@@ -205,16 +223,54 @@ class _Tables:
         white = [m.start() for m in re.finditer(r"\s", every)]
         table[white] |= _SEP | _WS
         table[[ord(c) for c in PUNCTUATION]] |= _SEP
-        mn = [i for i, cat in enumerate(map(unicodedata.category, every)) if cat == "Mn"]
+        codes = {"Mn": 1, "Mc": 2}
+        category = np.fromiter(map(codes.get, map(unicodedata.category, every), itertools.repeat(0)),
+                               dtype=np.uint8, count=n)
+        mn = np.flatnonzero(category == 1).tolist()
         table[mn] |= _MN
-        table.setflags(write=False)
-        self.table = table
         ranges, start = [], mn[0]
         for prev, cur in zip(mn, mn[1:] + [-1], strict=True):
             if cur != prev + 1:
                 ranges.append(re.escape(chr(start)) + ("" if prev == start else "-" + re.escape(chr(prev))))
                 start = cur
         self.mn_regex = re.compile("[" + "".join(ranges) + "]+")
+
+        # folds: the characters that lowercasing or NFD change (found 256 at a time) and the marks
+        spacing_combining = {i for i in np.flatnonzero(category == 2).tolist() if unicodedata.combining(every[i])}
+        candidates = set(mn) | spacing_combining
+        for lo in range(0, n, 256):
+            block = every[lo:lo + 256]
+            if block.lower() != block or not unicodedata.is_normalized("NFD", block):
+                candidates.update(i for i in range(lo, lo + len(block))
+                                  if every[i].lower() != every[i] or not unicodedata.is_normalized("NFD", every[i]))
+        fold_index = np.zeros(n, dtype=np.uint16)
+        folds: list[bytes] = [b""]  # entry 0: unused
+        expansion = 1.0
+        for i in sorted(candidates):
+            if table[i] & (_ND | _SEP):  # the kernels handle these before folding
+                continue
+            char = every[i]
+            lowered = char.lower()
+            nfd = unicodedata.normalize("NFD", lowered)
+            if (i == 0x3A3 or any(table[ord(x)] & (_ND | _DECSEP | _SEP | _WS) for x in lowered)
+                    or any(ord(x) in spacing_combining or x.isspace() for x in nfd)):
+                table[i] |= _UNSAFE
+                continue
+            fold = "".join(x for x in nfd if not table[ord(x)] & _MN)
+            if fold != char:
+                table[i] |= _FOLDS
+                fold_index[i] = len(folds)
+                folds.append(fold.encode("utf-8", "surrogatepass"))
+                expansion = max(expansion, len(folds[-1]) / len(char.encode("utf-8", "surrogatepass")))
+        assert len(folds) < 1 << 16
+        self.fold_index = fold_index
+        self.fold_offsets = np.cumsum([0] + [len(f) for f in folds], dtype=np.int64)
+        self.fold_bytes = np.frombuffer(b"".join(folds), dtype=np.uint8)
+        #: the most UTF-8 bytes a folded word has per byte of the original (Hangul: 3)
+        self.expansion = int(np.ceil(expansion))
+        for array in (table, fold_index, self.fold_offsets):
+            array.setflags(write=False)
+        self.table = table
 
 
 _TABLES: _Tables | None = None
@@ -236,13 +292,13 @@ def _tables() -> _Tables:
 # the kernels then call each other's jitted versions. Every constant is an np.uint64 so that numba never
 # mixes signed and unsigned integers (which it would do in float64).
 
-_U0, _U8, _U11, _U13, _U16 = np.uint64(0), np.uint64(8), np.uint64(11), np.uint64(13), np.uint64(16)
+_U0, _U11, _U13, _U16 = np.uint64(0), np.uint64(11), np.uint64(13), np.uint64(16)
 _U23, _U27, _U29, _U31, _U32, _U33, _U61 = (np.uint64(x) for x in (23, 27, 29, 31, 32, 33, 61))
 _P64_1, _P64_2, _P64_3 = np.uint64(0x9E3779B185EBCA87), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9)
 _P64_4, _P64_5 = np.uint64(0x85EBCA77C2B2AE63), np.uint64(0x27D4EB2F165667C5)
 _XXH_V1 = np.uint64((0x9E3779B185EBCA87 + 0xC2B2AE3D27D4EB4F) & _M64)
 _XXH_V4 = np.uint64((-0x9E3779B185EBCA87) & _M64)
-_UFOLD, _UFM1, _UFM2 = np.uint64(_FOLD), np.uint64(_FMIX64_1), np.uint64(_FMIX64_2)
+_USHINGLE_MUL, _UFM1, _UFM2 = np.uint64(_SHINGLE_MUL), np.uint64(_FMIX64_1), np.uint64(_FMIX64_2)
 _UFM32_1, _UFM32_2 = np.uint64(_FMIX32_1), np.uint64(_FMIX32_2)
 _UPRIME, _UMAX32 = np.uint64(MERSENNE_PRIME), np.uint64(EMPTY)
 
@@ -367,7 +423,7 @@ def _finish(wh, nw, ngram, a, b, legacy, sig, row, sh):
     for s in range(ns):
         h = _U0
         for j in range(width):
-            h = h * _UFOLD + wh[s + j]
+            h = h * _USHINGLE_MUL + wh[s + j]
         h = _fmix64(h) >> _U32
         if not legacy:  # affine32: MurmurHash3's 32-bit finalizer first
             h ^= h >> _U16
@@ -376,38 +432,41 @@ def _finish(wh, nw, ngram, a, b, legacy, sig, row, sh):
             h = (h * _UFM32_2) & _UMAX32
             h ^= h >> _U16
         sh[s] = h
+    # (sh is uint32: knowing the high half of the product's factor is zero saves a multiplication, and
+    # minima in 32-bit lanes pack twice as many per vector)
     if legacy:
         for k in range(num_perm):
             ak = a[k]
             bk = b[k]
-            m = _UMAX32
+            m = np.uint32(0xFFFFFFFF)
             for s in range(ns):
-                x = sh[s] * ak + bk  # wraps at 2**64, as datasketch's numpy uint64
+                x = np.uint64(sh[s]) * ak + bk  # wraps at 2**64, as datasketch's numpy uint64
                 y = (x & _UPRIME) + (x >> _U61)  # x mod p, up to one subtraction
                 if y >= _UPRIME:
                     y -= _UPRIME
-                y &= _UMAX32
-                if y < m:
-                    m = y
+                v = np.uint32(y & _UMAX32)
+                if v < m:
+                    m = v
             sig[row, k] = m
     else:
         for k in range(num_perm):
             ak = a[k]
             bk = b[k]
-            m = _UMAX32
+            m = np.uint32(0xFFFFFFFF)
             for s in range(ns):
-                y = (sh[s] * ak + bk) & _UMAX32
-                if y < m:
-                    m = y
+                v = np.uint32((np.uint64(sh[s]) * ak + bk) & _UMAX32)
+                if v < m:
+                    m = v
             sig[row, k] = m
 
 
-def _fast_kernel(buf, offsets, table, ngram, a, b, legacy, sig, num_words, slow, wh, sh, scratch):
-    """Everything in one pass for each document of ``buf`` (UTF-8 of the original texts) whose words
-    are ASCII: lowercase (ASCII), steps 2-4 (steps 5-6 do nothing to ASCII), words, hashes, minima.
-    A document with a non-ASCII character that is neither punctuation, white space nor a digit is left
-    to the slow path: ``slow[d] = True``. (No punctuation, white space or digit has a lowercase form of
-    its own, so they are recognized before lowercasing.)"""
+def _fast_kernel(buf, offsets, table, fold_index, fold_offsets, fold_bytes, ngram, a, b, legacy, sig,
+                 num_words, slow, wh, sh, scratch):
+    """Everything in one pass for each document of ``buf`` (UTF-8 of the original texts): steps 2-4 on
+    the original characters (no digit, separator or white space changes when lowercased), and each
+    word character lowercased, decomposed and stripped of marks on its own (ASCII: A-Z to a-z;
+    otherwise its fold, see _Tables); then words, hashes, minima. A document with an ``_UNSAFE``
+    character is left to the slow path: ``slow[d] = True``."""
     for d in range(offsets.shape[0] - 1):
         end = offsets[d + 1]
         i = offsets[d]
@@ -432,13 +491,23 @@ def _fast_kernel(buf, offsets, table, ngram, a, b, legacy, sig, num_words, slow,
                     nw += 1
                     blen = 0
                 continue
-            if c >= 0x80:
+            if c < 0x80:
+                if 65 <= c <= 90:  # A-Z
+                    c += 32
+                scratch[blen] = c
+                blen += 1
+            elif f & 64:  # _UNSAFE
                 aborted = True
                 break
-            if 65 <= c <= 90:  # A-Z
-                c += 32
-            scratch[blen] = c
-            blen += 1
+            elif f & 32:  # _FOLDS: the character's lowercase NFD without marks (maybe nothing)
+                e = fold_index[c]
+                for k in range(fold_offsets[e], fold_offsets[e + 1]):
+                    scratch[blen] = fold_bytes[k]
+                    blen += 1
+            else:  # the character itself
+                for k in range(i - n, i):
+                    scratch[blen] = buf[k]
+                    blen += 1
         if aborted:
             slow[d] = True
             continue
@@ -557,7 +626,7 @@ class MinHasher:
     ``ngram``-grams, for lists of texts. ``backend``: ``"numba"``, ``"numpy"`` or ``"auto"`` (numba
     when it can be imported)."""
 
-    #: documents and characters per compiled call (bounds the scratch memory: ~13 bytes a character)
+    #: documents and characters per compiled call (bounds the memory one call takes)
     max_batch_docs = 4096
     max_batch_chars = 1 << 22
 
@@ -599,19 +668,20 @@ class MinHasher:
     # -- numba -------------------------------------------------------------------------------------
 
     def _batch_numba(self, texts: list[str], sig: np.ndarray, counts: np.ndarray) -> None:
-        table = _tables().table
+        tables = _tables()
+        table = tables.table
         legacy = self.scheme == "legacy"
         encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
         buf = np.frombuffer(b"".join(encoded), dtype=np.uint8)
         longest = int(np.diff(offsets).max())
-        wh = np.empty(longest + 1, dtype=np.uint64)
-        sh = np.empty(longest + 1, dtype=np.uint64)
-        scratch = np.empty(longest + 4, dtype=np.uint8)  # the UTF-8 of one word
+        wh = np.empty(longest // 2 + 2, dtype=np.uint64)  # a word is a byte or more, then a separator
+        sh = np.empty(longest // 2 + 2, dtype=np.uint32)
+        scratch = np.empty(tables.expansion * longest + 4, dtype=np.uint8)  # the UTF-8 of one word
         slow = np.zeros(len(encoded), dtype=np.bool_)
-        _fast_kernel(buf, offsets, table, self.ngram, self._a64, self._b64, legacy, sig, counts, slow,
-                     wh, sh, scratch)
+        _fast_kernel(buf, offsets, table, tables.fold_index, tables.fold_offsets, tables.fold_bytes,
+                     self.ngram, self._a64, self._b64, legacy, sig, counts, slow, wh, sh, scratch)
         rows = np.flatnonzero(slow)
         if len(rows) == 0:
             return
@@ -628,9 +698,9 @@ class MinHasher:
                for k in range(len(rows))]
         np.cumsum(np.fromiter(map(len, nfd), dtype=np.int64, count=len(rows)), out=offsets[1:])
         longest = int(np.diff(offsets).max())
-        if longest + 1 > len(wh):
-            wh = np.empty(longest + 1, dtype=np.uint64)
-            sh = np.empty(longest + 1, dtype=np.uint64)
+        if longest // 2 + 2 > len(wh):
+            wh = np.empty(longest // 2 + 2, dtype=np.uint64)
+            sh = np.empty(longest // 2 + 2, dtype=np.uint32)
         if longest + 4 > len(scratch):
             scratch = np.empty(longest + 4, dtype=np.uint8)
         _words_kernel(np.frombuffer(b"".join(nfd), dtype=np.uint8), offsets, rows, table, self.ngram,
@@ -699,7 +769,7 @@ def shingle_hashes_np(word_hashes: np.ndarray, ngram: int = NGRAM) -> np.ndarray
     count = n - width + 1
     h = np.zeros(count, dtype=np.uint64)
     for j in range(width):
-        h = h * np.uint64(_FOLD) + word_hashes[j:j + count]
+        h = h * np.uint64(_SHINGLE_MUL) + word_hashes[j:j + count]
     return _fmix64_np(h) >> np.uint64(32)
 
 
@@ -769,5 +839,5 @@ def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     h = np.broadcast_to(_fmix64_np(np.arange(bands, dtype=np.uint64) + np.uint64(_BAND_SEED)),
                         (sig.shape[0], bands))
     for j in range(rows):
-        h = _fmix64_np(h * np.uint64(_FOLD) + values[:, :, j])
+        h = _fmix64_np(h * np.uint64(_SHINGLE_MUL) + values[:, :, j])
     return np.ascontiguousarray(h, dtype=np.uint64)
