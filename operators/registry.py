@@ -32,6 +32,7 @@ ROW_STEPS: dict[str, str] = {
 #: global steps: run on the union of the sources as Spark DataFrames (may shuffle)
 GLOBAL_STEPS: dict[str, str] = {
     "exact_dedup": "operators.dedup.exact:ExactDedup",
+    "minhash_dedup": "operators.dedup.near:MinhashDedup",
 }
 
 _cache: dict[str, Any] = {}
