@@ -76,7 +76,7 @@ class MinhashDedup(GlobalStep):
         from pyspark.sql import functions as F
         from pyspark.sql.window import Window
 
-        from operators.components import components_stats, connected_components_with_info
+        from operators.dedup.components import components_stats, connected_components_with_info
 
         p: MinhashDedupParams = self.params
         bands, rows = p.band_shape()
