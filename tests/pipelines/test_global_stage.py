@@ -109,3 +109,36 @@ def test_shards_are_sorted_and_deterministic(dedup_run, spark):
     again = json.loads((out3 / "manifest.json").read_text())
     assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in manifest["shards"]]
     assert [s["sha256"] for s in again["ledger"]] == [s["sha256"] for s in manifest["ledger"]]
+
+
+def test_minhash_scope_source_keeps_sources_apart_and_highest_quality_survives(spark, tmp_path):
+    """The same five books in two sources: global scope merges across them (keeping the copy with the
+    higher quality_score), source scope leaves both sources whole."""
+    books = sorted((CORPUS / "books").glob("*.txt"))[:5]
+    for name, score in (("a", 0.2), ("b", 0.9)):
+        (tmp_path / name).mkdir()
+        with open(tmp_path / name / "books.jsonl", "w") as fh:
+            for p in books:
+                text = p.read_text(encoding="utf-8", errors="replace")
+                fh.write(json.dumps({"text": text, "quality_score": score, "title": p.name}) + "\n")
+
+    def run(scope):
+        out = tmp_path / f"out-{scope}"
+        spec = specmod.load_text(textwrap.dedent(f"""\
+            name: scopes
+            sources:
+              a: {{read: {{jsonl: {{paths: "{tmp_path}/a/*.jsonl"}}}}}}
+              b: {{read: {{jsonl: {{paths: "{tmp_path}/b/*.jsonl"}}}}}}
+            steps:
+              - minhash_dedup: {{scope: {scope}, keep: highest_quality}}
+            output: {{path: {out}}}
+        """), "scopes.yaml")
+        stats = runner.run(spec, str(out), spark=spark, progress=False)
+        return stats, _table(out, "shards"), _table(out, "ledger")
+
+    stats, kept, ledger = run("global")
+    assert kept.num_rows == 5 and set(kept.column("source").to_pylist()) == {"b"}
+    assert set(ledger.column("reason").to_pylist()) == {"near_duplicate"} and ledger.num_rows == 5
+    assert stats["global_steps"][0]["drops"] == {"a": {"near_duplicate": 5}}
+    stats, kept, ledger = run("source")
+    assert kept.num_rows == 10 and ledger.num_rows == 0
