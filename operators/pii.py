@@ -100,6 +100,21 @@ def _email_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+def _substitute(text: str, matches, replacements: tuple[str, ...]) -> tuple[str, int]:
+    """``text`` with each match (in order, not overlapping) replaced by the next replacement in turn."""
+    out: list[str] = []
+    last = n = 0
+    for m in matches:
+        out.append(text[last:m.start()])
+        out.append(replacements[n % len(replacements)])
+        last = m.end()
+        n += 1
+    if not n:
+        return text, 0
+    out.append(text[last:])
+    return "".join(out), n
+
+
 class Pii(RowStep):
     """E-mails and public IPs in ``text`` replaced (datatrove's PIIFormatter, per document)."""
 
@@ -115,37 +130,14 @@ class Pii(RowStep):
 
     def replace_emails(self, text: str) -> tuple[str, int]:
         """``text`` with its e-mails replaced (turn restarting at the first), and how many."""
-        out: list[str] = []
-        last = n = 0
-        k = len(self._emails)
-        for start, end in _email_spans(text):
-            for m in EMAIL_RE.finditer(text, start, end):
-                out.append(text[last:m.start()])
-                out.append(self._emails[n % k])
-                last = m.end()
-                n += 1
-        if not n:
-            return text, 0
-        out.append(text[last:])
-        return "".join(out), n
+        matches = (m for start, end in _email_spans(text) for m in EMAIL_RE.finditer(text, start, end))
+        return _substitute(text, matches, self._emails)
 
     def replace_ips(self, text: str) -> tuple[str, int]:
         """``text`` with its valid IPs replaced (turn restarting at the first), and how many."""
         public = self.params.only_public_ips
-        out: list[str] = []
-        last = n = 0
-        k = len(self._ips)
-        for m in IP_RE.finditer(text):
-            if not valid_ip(m.group(0), public):
-                continue
-            out.append(text[last:m.start()])
-            out.append(self._ips[n % k])
-            last = m.end()
-            n += 1
-        if not n:
-            return text, 0
-        out.append(text[last:])
-        return "".join(out), n
+        matches = (m for m in IP_RE.finditer(text) if valid_ip(m.group(0), public))
+        return _substitute(text, matches, self._ips)
 
     def redact(self, text: str, maybe_email: bool = True, maybe_ip: bool = True) -> tuple[str, int, int]:
         """(text, e-mails replaced, IPs replaced); the flags say what a prefilter has already excluded."""
