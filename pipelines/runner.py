@@ -37,7 +37,9 @@ def list_tasks(spec: PipelineSpec, base_dir: str = ".") -> list[Task]:
         try:
             inputs = reader.list_inputs(base_dir)
         except FileNotFoundError as e:
-            raise UserError(f"{spec.origin}: sources.{name}.read.{src.read.name}.paths: {e}") from None
+            # a reader that knows the wrong key (commoncrawl: files[i], paths_file) starts its message with it
+            key = "" if getattr(e, "key", None) else "paths: "
+            raise UserError(f"{spec.origin}: sources.{name}.read.{src.read.name}.{key}{e}") from None
         tasks += [Task(source=name, input=f) for f in inputs]
     return tasks
 
@@ -163,15 +165,19 @@ def finish(spec: PipelineSpec, out_dir: str, tasks: list[Task], records: list[di
                           "counters": dict(sorted(step_counters.items())),
                           "seconds": round(sum(p["seconds"] for p in per), 3)})
         counters: dict[str, int] = {}
+        reader_drops: dict[str, int] = {}
         for r in recs:
             for k, v in r["reader"]["counters"].items():
                 counters[k] = counters.get(k, 0) + v
+            for k, v in r["reader"].get("drops", {}).items():
+                reader_drops[k] = reader_drops.get(k, 0) + v
         sources[name] = {
             "input_files": len(recs),
             "rows_read": sum(r["rows_read"] for r in recs),
             "rows_kept": sum(r["rows_kept"] for r in recs),
             "rows_dropped": sum(r["rows_dropped"] for r in recs),
             "reader": {"name": src.read.name, "counters": dict(sorted(counters.items())),
+                       "drops": dict(sorted(reader_drops.items())),
                        "seconds": round(sum(r["reader"]["seconds"] for r in recs), 3)},
             "errors": [e for r in recs for e in r["reader"]["errors"]],
             "steps": steps,

@@ -67,7 +67,13 @@ def _build(spec, source: str):
     return _operators[key]
 
 
-def _with_base_columns(batch: pa.RecordBatch, source: str) -> pa.RecordBatch:
+def _with_base_columns(batch: pa.RecordBatch, source: str, reader_name: str) -> pa.RecordBatch:
+    """Insert ``source`` after ``id``; add the drop columns, keeping a reader's own ``drop_reason``.
+
+    A reader may skip an input with a reason (a binary file, a vendored one) by emitting its row with
+    ``drop_reason`` set (and optionally ``drop_detail``): the row then goes to the ledger, with the
+    reader's name as its step, like a step's drop.
+    """
     n = batch.num_rows
     names = batch.schema.names
     arrays = list(batch.columns)
@@ -75,8 +81,20 @@ def _with_base_columns(batch: pa.RecordBatch, source: str) -> pa.RecordBatch:
     i = names.index("id") + 1
     arrays.insert(i, pa.array([source] * n, pa.string()))
     fields.insert(i, pa.field("source", pa.string()))
-    arrays += [pa.nulls(n, pa.string()), pa.nulls(n, pa.string())]
+    if DROP_REASON in names:
+        j = names.index(DROP_REASON) + 1  # +1: source was inserted before it
+        reason = arrays.pop(j)
+        fields.pop(j)
+        step = pc.if_else(pc.is_valid(reason), pa.scalar(reader_name, pa.string()), pa.scalar(None, pa.string()))
+        arrays += [reason.cast(pa.string()), step]
+    else:
+        arrays += [pa.nulls(n, pa.string()), pa.nulls(n, pa.string())]
     fields += [pa.field(DROP_REASON, pa.string()), pa.field(DROP_STEP, pa.string())]
+    if DROP_DETAIL in names:  # keep it last, where update_batch puts it
+        j = [f.name for f in fields].index(DROP_DETAIL)
+        arrays.append(arrays.pop(j).cast(pa.string()))
+        fields.append(pa.field(DROP_DETAIL, pa.string()))
+        fields.pop(j)
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
 
@@ -119,6 +137,7 @@ def run_task(spec, task: Task, out_dir: str) -> dict[str, Any]:
     ledger: list[pa.Table] = []
     samples: dict[str, list[dict[str, Any]]] = {}
     rows_read = 0
+    reader_drops: dict[str, int] = {}  # inputs the reader skipped with a reason
     read_seconds = 0.0
     progress_path = os.path.join(out_dir, "_progress", task.source, part_name(task.input.index) + ".json")
     last_progress = 0.0
@@ -137,8 +156,16 @@ def run_task(spec, task: Task, out_dir: str) -> dict[str, Any]:
             read_seconds += time.perf_counter() - t0
         if batch.num_rows == 0:
             continue
-        batch = _with_base_columns(batch, task.source)
+        batch = _with_base_columns(batch, task.source, reader.name)
         rows_read += batch.num_rows
+        skipped = pc.is_valid(batch.column(DROP_REASON))
+        if pc.any(skipped).as_py():
+            rows = _ledger_rows(batch, batch, skipped, out.ledger_text_chars)
+            ledger.append(rows)
+            for reason, count in zip(*_value_counts(rows.column("reason")), strict=True):
+                reader_drops[reason] = reader_drops.get(reason, 0) + count
+            _take_samples(samples, rows)
+            batch = batch.filter(pc.invert(skipped))
         for step, st, step_ctx in zip(steps, step_stats, step_ctxs, strict=True):
             if batch.num_rows == 0:
                 break
@@ -181,7 +208,7 @@ def run_task(spec, task: Task, out_dir: str) -> dict[str, Any]:
         "rows_kept": shard["rows"],
         "rows_dropped": ledger_info["rows"],
         "reader": {"name": reader.name, "counters": ctx.counters, "errors": ctx.errors,
-                   "seconds": round(read_seconds, 3)},
+                   "drops": reader_drops, "seconds": round(read_seconds, 3)},
         "steps": step_stats,
         "shard": {"path": shard_rel, **shard},
         "ledger": {"path": ledger_rel, **ledger_info},

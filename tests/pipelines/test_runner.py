@@ -139,3 +139,23 @@ def test_ledger_schema_is_stable_when_nothing_is_dropped(first_run):
     assert t.num_rows == 0
     assert t.schema.names == ["id", "source", "url", "path", "step", "reason", "detail", "dup_of", "length", "text_head"]
     assert isinstance(t, pa.Table)
+
+
+def test_a_reader_can_skip_an_input_with_a_reason():
+    """Rows a reader emits with ``drop_reason`` set get the reader as their step; the rest stay live."""
+    from operators.base import DROP_DETAIL, DROP_REASON, DROP_STEP
+    from pipelines.task import _ledger_rows, _with_base_columns
+
+    batch = pa.RecordBatch.from_pydict({
+        "id": ["a", "b", "c"], "path": ["x.py", "lib.min.js", "y.py"], "text": ["print(1)", None, "pass"],
+        DROP_REASON: [None, "minified", None], DROP_DETAIL: [None, "mean line 412", None]})
+    out = _with_base_columns(batch, "code", "source_tree")
+    assert out.schema.names == ["id", "source", "path", "text", DROP_REASON, DROP_STEP, DROP_DETAIL]
+    assert out.column(DROP_STEP).to_pylist() == [None, "source_tree", None]
+    ledger = _ledger_rows(out, out, out.column(DROP_REASON).is_valid(), 100)
+    assert ledger.to_pylist()[0] | {"length": 0} == {
+        "id": "b", "source": "code", "url": None, "path": "lib.min.js", "step": "source_tree",
+        "reason": "minified", "detail": "mean line 412", "dup_of": None, "length": 0, "text_head": None}
+    # without a drop column the reader's rows are all live
+    plain = _with_base_columns(batch.drop_columns([DROP_REASON, DROP_DETAIL]), "code", "source_tree")
+    assert plain.column(DROP_REASON).null_count == 3 and plain.schema.names[-2:] == [DROP_REASON, DROP_STEP]
