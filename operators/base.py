@@ -72,6 +72,8 @@ class Reader:
     Params: ClassVar[type[Params]]
     #: the columns it produces besides ``id``/``source``/``drop_reason``/``drop_step``
     produces: ClassVar[tuple[str, ...]]
+    #: the Arrow types of produced columns that are not strings (``html`` is binary whatever the reader)
+    column_types: ClassVar[dict[str, pa.DataType]] = {}
 
     def __init__(self, params: Params):
         self.params = params

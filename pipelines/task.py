@@ -241,6 +241,7 @@ def _empty_shard(reader, steps) -> pa.Table:
         cols = [c for c in cols if c not in s.consumes] + [c for c in s.added(s.params) if c not in cols]
     types = {c: pa.string() for c in cols}
     types.update({"html": pa.binary()} if "html" in cols else {})
+    types.update({c: t for c, t in reader.column_types.items() if c in cols})
     for s in steps:
         types.update(s.added(s.params))
     return pa.schema([(c, types[c]) for c in cols]).empty_table()

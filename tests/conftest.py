@@ -49,7 +49,7 @@ def extract_texts(warc_glob: str) -> list[dict]:
     for i, path in enumerate(sorted(glob.glob(warc_glob))):
         ctx = TaskContext(source="web", input=InputFile(i, path, os.path.basename(path)))
         for batch in reader.read(ctx, 100):
-            batch = step(_with_base_columns(batch, "web"), ctx)
+            batch = step(_with_base_columns(batch, "web", "warc"), ctx)
             for row in batch.select(["id", "url", "text", "drop_reason"]).to_pylist():
                 if row["drop_reason"] is None:
                     out.append({"id": row["id"], "url": row["url"], "text": row["text"]})
