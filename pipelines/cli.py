@@ -3,6 +3,8 @@
     smelter validate PIPELINE [--set k=v]     check a pipeline; no Spark
     smelter plan PIPELINE [--set k=v]         print the Spark stages: fused Arrow passes and shuffles
     smelter run PIPELINE [options]            run it through spark-submit (local[*] by default)
+    smelter quality train [options]           train a fastText quality classifier (quality_classifier)
+    smelter tokenize RUN_DIR [options]        encode a run's shards into Megatron .bin/.idx files
 
 User errors end with one line naming the file, YAML line and key, and exit code 2 (``--debug`` shows
 the traceback).
@@ -53,7 +55,18 @@ def parser() -> argparse.ArgumentParser:
                    "spark://host:7077 for a standalone cluster)")
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                    help="a Spark setting passed to spark-submit (repeatable)")
+    # subcommands that live beside the code they drive: each module has add_arguments(p) and main(args)
+    for name, (module, text) in _DELEGATED.items():
+        p = sub.add_parser(name, help=text)
+        importlib.import_module(module).add_arguments(p)
     return ap
+
+
+#: subcommand -> (module with add_arguments/main, help line)
+_DELEGATED = {
+    "quality": ("operators.quality_cli", "train and evaluate fastText quality classifiers"),
+    "tokenize": ("tokenizer.cli", "encode a run's shards into Megatron-compatible .bin/.idx token files"),
+}
 
 
 def _setup_logging(debug: bool) -> None:
@@ -99,8 +112,10 @@ def spark_submit_command(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    _setup_logging(args.debug)
+    _setup_logging(getattr(args, "debug", False))
     try:
+        if args.command in _DELEGATED:
+            return importlib.import_module(_DELEGATED[args.command][0]).main(args)
         from pipelines import spec as specmod
 
         spec = specmod.load(args.pipeline, args.overrides)
@@ -124,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(HERE), env.get("PYTHONPATH")]))
         return subprocess.call(spark_submit_command(args), env=env)
     except UserError as e:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         print(f"smelter: error: {e}", file=sys.stderr)
         return e.exit_code
