@@ -14,6 +14,9 @@ READERS: dict[str, str] = {
     "warc": "operators.readers.warc:WarcReader",
     "jsonl": "operators.readers.text:JsonlReader",
     "parquet": "operators.readers.text:ParquetReader",
+    "commoncrawl": "operators.readers.commoncrawl:CommonCrawlReader",
+    "source_tree": "operators.readers.source_tree:SourceTreeReader",
+    "text_files": "operators.readers.books:TextFilesReader",
 }
 
 #: row steps: run fused, batch by batch, inside one Arrow pass per source
@@ -27,6 +30,8 @@ ROW_STEPS: dict[str, str] = {
     "fineweb_quality": "operators.filters.heuristic:FineWebQuality",
     "pii": "operators.pii:Pii",
     "decontaminate": "operators.filters.decontaminate:Decontaminate",
+    "code_quality": "operators.filters.code:CodeQuality",
+    "quality_classifier": "operators.quality:QualityClassifier",
 }
 
 #: global steps: run on the union of the sources as Spark DataFrames (may shuffle)
