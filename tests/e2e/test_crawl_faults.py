@@ -2,7 +2,7 @@
 
 A loopback server mirrors a small crawl built from the real WARCs of the corpus (the four page files
 split at gzip-member boundaries into three pieces each, plus the CommonCrawl sample: 13 WARCs). The same
-pipeline (``commoncrawl`` + ``extract``) runs twice through ``smelter run``: against the server with
+pipeline (``commoncrawl`` + ``extract``) runs twice on the test session's Spark: against the server with
 every fifth request a fault (a 500, a connection cut half-way, a stall longer than the client's
 timeout), and against a server without faults. Every WARC must arrive whole and the shards must be
 byte-identical.
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import WEB
-from tests.e2e.helpers import run_pipeline, shard_digests
+from tests.e2e.helpers import shard_digests
 from tests.faultserver import FaultServer
 
 CRAWL = "CC-TEST-2024"
@@ -88,7 +88,13 @@ def cached_digests(cache: Path) -> dict[str, str]:
             for p in cache.rglob("*.warc.gz")}
 
 
-def test_shards_under_faults_equal_those_without(crawl, tmp_path):
+def test_shards_under_faults_equal_those_without(crawl, tmp_path, spark):
+    from pipelines import runner
+    from pipelines import spec as specmod
+
+    def run_pipeline(yaml: str, out: Path) -> dict:
+        return runner.run(specmod.load(yaml), str(out), spark=spark, progress=False)
+
     root, originals = crawl
     with FaultServer(root, every=5, faults=("cut", "500", "stall"), stall_s=10) as server:
         faulty = run_pipeline(str(pipeline(tmp_path, "faults", server.url)), tmp_path / "out-faults")

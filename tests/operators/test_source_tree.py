@@ -19,7 +19,6 @@ from operators.readers.code_languages import language_from_shebang, language_of
 from operators.readers.source_tree import SourceTreeParams, SourceTreeReader
 from operators.writers import read_arrow
 from tests.conftest import CORPUS
-from tests.e2e.helpers import run_pipeline
 
 CODE = CORPUS / "code"
 PY38 = CODE / "python3.8"
@@ -344,8 +343,11 @@ def test_bare_clone_and_broken_repositories(repo, tmp_path):
 # ------------------------------------------------------------------------------------------ a whole run
 
 
-def test_pipeline_source_tree_then_code_quality(tmp_path):
-    """The real corpus code as six trees through the CLI: reader drops, code_quality drops, ledger."""
+def test_pipeline_source_tree_then_code_quality(spark, tmp_path):
+    """The real corpus code as six trees through the runner: reader drops, code_quality drops, ledger."""
+    from pipelines import runner
+    from pipelines import spec as specmod
+
     yaml = tmp_path / "code.yaml"
     yaml.write_text(f"""
 name: code
@@ -359,7 +361,7 @@ steps: []
 output: {{path: {tmp_path / "out"}}}
 """)
     out = tmp_path / "out"
-    stats = run_pipeline(str(yaml), out)
+    stats = runner.run(specmod.load(str(yaml)), str(out), spark=spark, progress=False)
     code = stats["sources"]["code"]
     n_files = sum(1 for _ in CODE.glob("*/*.py"))
     assert code["input_files"] == 6 and code["rows_read"] == n_files

@@ -179,18 +179,29 @@ def test_small_chunks_same_files(small_run, gpt2_dir, gpt2_out, tmp_path, monkey
             assert (out / shard[key]).read_bytes() == (gpt2_out / shard[key]).read_bytes()
 
 
-def test_cli_spark_run_equals_local(small_run, gpt2_dir, gpt2_out, tmp_path):
-    """The one real CLI run, through Spark (local[2]): the same files and entries as in-process."""
-    out = tmp_path / "spark"
-    r = smelter("tokenize", str(small_run), "--tokenizer", gpt2_dir, "--output", str(out), "--master", "local[2]")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "engine tiktoken" in r.stdout and "web: 2 shards, 300 documents" in r.stdout
-    ours, local = (json.loads((d / "tokens.json").read_text()) for d in (out, gpt2_out))
-    assert ours["tokenizer"] == local["tokenizer"]
-    assert ours["shards"] == local["shards"][:2]
+def _same_files(out, ref, n_shards: int) -> None:
+    ours, theirs = (json.loads((d / "tokens.json").read_text()) for d in (out, ref))
+    assert ours["tokenizer"] == theirs["tokenizer"]
+    assert ours["shards"] == theirs["shards"][:n_shards]
     for shard in ours["shards"]:
         for key in ("bin", "idx"):
-            assert (out / shard[key]).read_bytes() == (gpt2_out / shard[key]).read_bytes()
+            assert (out / shard[key]).read_bytes() == (ref / shard[key]).read_bytes()
+
+
+def test_cli_run_equals_in_process(small_run, gpt2_dir, gpt2_out, tmp_path):
+    """The command as a user types it (default --master local): the same files as in-process."""
+    out = tmp_path / "cli"
+    r = smelter("tokenize", str(small_run), "--tokenizer", gpt2_dir, "--output", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "engine tiktoken" in r.stdout and "web: 2 shards, 300 documents" in r.stdout
+    _same_files(out, gpt2_out, 2)
+
+
+def test_spark_path_equals_local(spark, small_run, gpt2_dir, gpt2_out, tmp_path):
+    """Through Spark (one task per shard, on the test session): the same files and entries."""
+    out = tmp_path / "spark"
+    job.tokenize_run(str(small_run), parse(gpt2_dir), str(out), master="local[2]")
+    _same_files(out, gpt2_out, 2)
 
 
 def test_cli_user_errors(run_dir, tmp_path):
