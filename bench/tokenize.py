@@ -12,8 +12,8 @@ Methods, all on the same texts:
 - **HF encode_batch**: ``Tokenizer.encode_batch(texts)`` on texts already in memory (the floor's
   reference); **HF encode_batch_fast** the same without offsets; **tiktoken** ``encode_ordinary_batch``
   with the same ranks, in memory. Timed in this process, encoding only (best of ``--repeat``).
-- **smelter (local)**: ``python -m pipelines.cli tokenize RUN --tokenizer GPT2 --output OUT --master
-  none``: a child process timed from spawn to exit (imports, loading the tokenizer, reading the
+- **smelter (local)**: ``python -m pipelines.cli tokenize RUN --tokenizer GPT2 --output OUT`` (default
+  ``--master local``): a child process timed from spawn to exit (imports, loading the tokenizer, reading the
   shards, encoding, writing .bin/.idx, hashing, tokens.json).
 - **smelter (Spark local[2])**: the same through Spark (``--spark``), JVM start included.
 

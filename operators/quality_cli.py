@@ -289,8 +289,10 @@ def _train(args: argparse.Namespace) -> int:
     if os.path.isdir(out):
         raise UserError(f"-o {out}: is a folder; name the model file, e.g. {os.path.join(out, 'model.bin')}")
     parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        raise UserError(f"-o {out}: folder {parent} does not exist")
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"-o {out}: cannot create folder {parent}: {e.strerror}") from None
     pos, neg = _load(args)
     print(f"read {len(pos)} positive and {len(neg)} negative documents")
     for name in ("epochs", "dim", "bucket", "max_chars", "threads"):

@@ -286,6 +286,10 @@ def summary(stats: dict[str, Any], out_dir: str) -> str:
     for name, s in stats["sources"].items():
         errors = f", {len(s['errors'])} damaged-input errors" if s["errors"] else ""
         lines.append(f"  {name}: {s['input_files']} files, {s['rows_read']} read, {s['rows_kept']} kept{errors}")
+        skipped = s["reader"].get("drops", {})
+        if skipped:
+            lines.append(f"    {'(reader) ' + s['reader']['name']:<18} skipped: "
+                         + ", ".join(f"{k} {v}" for k, v in skipped.items()))
         for st in s["steps"]:
             drops = ", ".join(f"{k} {v}" for k, v in st["drops"].items()) or "none"
             counted = ", ".join(f"{k} {v}" for k, v in st.get("counters", {}).items())
