@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 #: rows per record batch inside a shard; fixed so that the same rows always give the same bytes
 SHARD_BATCH_ROWS = 1024
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write ``obj`` as sorted, indented JSON under a temporary name, then rename."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)
 
 
 def sort_by_id(table: pa.Table) -> pa.Table:

@@ -16,10 +16,11 @@ import threading
 import time
 from typing import Any
 
+from operators.writers import write_json_atomic
 from pipelines.errors import UserError
 from pipelines.global_stage import run_global, stage_dir
 from pipelines.spec import SCHEMA_VERSION, PipelineSpec
-from pipelines.task import Task, load_task_record, write_json_atomic
+from pipelines.task import Task, load_task_record
 
 log = logging.getLogger(__name__)
 

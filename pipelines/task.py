@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +18,7 @@ import pyarrow.compute as pc
 
 from operators import registry
 from operators.base import DROP_DETAIL, DROP_REASON, DROP_STEP, InputFile, TaskContext
-from operators.writers import sort_by_id, write_arrow
+from operators.writers import sort_by_id, write_arrow, write_json_atomic
 
 #: ledger columns, in order
 LEDGER_SCHEMA = pa.schema([
@@ -43,14 +42,6 @@ def part_name(index: int) -> str:
 
 def task_record_path(out_dir: str, source: str, index: int) -> str:
     return os.path.join(out_dir, "_tasks", source, part_name(index) + ".json")
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 # Operators are built once per Python worker and per pipeline (heavy state loads lazily in setup()).

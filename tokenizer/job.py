@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from operators.writers import write_json_atomic
 from pipelines.errors import UserError
 from tokenizer import bpe
 from tokenizer.indexed import IndexedWriter, sha256_file, token_dtype
@@ -79,15 +80,6 @@ def read_run(run_dir: str, text_column: str = "text") -> tuple[dict[str, Any], l
         if text_column not in names:
             raise UserError(f"{shard_path}: no `{text_column}` column (columns: {', '.join(names)})")
     return manifest, shards
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write ``obj`` as sorted, indented JSON under a temporary name, then rename."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -133,3 +133,13 @@ def language_from_shebang(head: bytes) -> str | None:
             return None
         prog = posixpath.basename(arg)
     return INTERPRETERS.get(_VERSION_SUFFIX.sub("", prog.lower()) or prog.lower())
+
+
+def first_lines(text: str, n: int) -> str:
+    """The first ``n`` lines of ``text`` (where generated-file markers are looked for)."""
+    end = -1
+    for _ in range(n):
+        end = text.find("\n", end + 1)
+        if end < 0:
+            return text
+    return text[:end]

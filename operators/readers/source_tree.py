@@ -63,6 +63,7 @@ from operators.base import DROP_DETAIL, DROP_REASON, InputFile, Params, Reader, 
 from operators.readers.code_languages import (
     LANGUAGES,
     canonical,
+    first_lines,
     language_from_shebang,
     language_of,
     needs_shebang,
@@ -207,15 +208,6 @@ def repo_name(tree_name: str) -> str:
     return name
 
 
-def _first_lines(text: str, n: int) -> str:
-    end = -1
-    for _ in range(n):
-        end = text.find("\n", end + 1)
-        if end < 0:
-            return text
-    return text[:end]
-
-
 class SourceTreeReader(Reader):
     """Source files of directories, git repositories (at HEAD) and tar archives, one row per file."""
 
@@ -349,7 +341,7 @@ class SourceTreeReader(Reader):
             return skip("binary", f"not UTF-8 at byte {e.start}")
         if text.startswith("\ufeff"):
             text = text[1:]
-        if p.skip_generated and (m := _GENERATED_MARKERS.search(_first_lines(text, HEADER_LINES))):
+        if p.skip_generated and (m := _GENERATED_MARKERS.search(first_lines(text, HEADER_LINES))):
             return skip("generated", f"marker '{m.group(0)}'")
         if p.skip_minified and lang in _MINIFIABLE and text:
             breaks = text.count("\n")
