@@ -69,18 +69,44 @@ def quality_filters() -> list:
             FineWebQualityFilter()]
 
 
-def fineweb_kept_urls(data_folder: str, glob_pattern: str, assets_dir: str, timeout: float = 5) -> set[str]:
+#: state a parent process prepares for the workers it forks
+_forked: dict = {}
+
+
+def fineweb_kept_urls(data_folder: str, glob_pattern: str, assets_dir: str, timeout: float = 5,
+                      workers: int = 2) -> set[str]:
     """Run datatrove's FineWeb pipeline (WarcReader, URLFilter, Trafilatura, English at 0.65, the four
-    quality filters) in this process; the URLs of the documents it keeps. Trafilatura gets smelter's
-    settings: favour precision, no comments, no cross-document deduplication, ``timeout`` seconds."""
+    quality filters); the URLs of the documents it keeps. Trafilatura gets smelter's settings: favour
+    precision, no comments, no cross-document deduplication, ``timeout`` seconds. ``workers`` forked
+    processes take the files as datatrove's ranks do (rank r of n reads files r, r+n, ...)."""
+    import multiprocessing
+
+    with local_lid(), payload_type_from_http():
+        _forked["url_filter"] = url_filter(assets_dir)  # loaded once, shared with the forked workers
+        # plain processes, not a Pool: datatrove's extractor starts a sandbox process of its own, which
+        # a daemonic Pool worker may not
+        ctx = multiprocessing.get_context("fork")
+        results = ctx.Queue()
+        procs = [ctx.Process(target=_fineweb_rank, args=((data_folder, glob_pattern, timeout, rank, workers),
+                                                         results)) for rank in range(workers)]
+        for proc in procs:
+            proc.start()
+        urls = [results.get(timeout=1200) for _ in procs]
+        for proc in procs:
+            proc.join()
+        assert all(proc.exitcode == 0 for proc in procs), [proc.exitcode for proc in procs]
+        return set().union(*urls)
+
+
+def _fineweb_rank(job: tuple, results) -> None:
     from datatrove.pipeline.extractors import Trafilatura
     from datatrove.pipeline.filters import LanguageFilter
     from datatrove.pipeline.readers import WarcReader
 
-    with local_lid(), payload_type_from_http():
-        steps = [url_filter(assets_dir), Trafilatura(favour_precision=True, deduplicate=False, timeout=timeout),
-                 LanguageFilter(languages=["en"], language_threshold=0.65), *quality_filters()]
-        docs = WarcReader(data_folder, glob_pattern=glob_pattern).run(None, rank=0, world_size=1)
-        for step in steps:
-            docs = step.run(docs, rank=0, world_size=1)
-        return {d.metadata["url"] for d in docs}
+    data_folder, glob_pattern, timeout, rank, world_size = job
+    steps = [_forked["url_filter"], Trafilatura(favour_precision=True, deduplicate=False, timeout=timeout),
+             LanguageFilter(languages=["en"], language_threshold=0.65), *quality_filters()]
+    docs = WarcReader(data_folder, glob_pattern=glob_pattern).run(None, rank=rank, world_size=world_size)
+    for step in steps:
+        docs = step.run(docs, rank=rank, world_size=world_size)
+    results.put({d.metadata["url"] for d in docs})
