@@ -60,7 +60,7 @@ bench: setup
 	$(PY) bench/filters.py
 	$(PY) bench/code.py
 	$(PY) bench/quality.py
-	$(PY) bench/tokenize.py
+	$(PY) bench/tokenization.py
 
 clean:
 	rm -rf out .pytest_cache

@@ -20,27 +20,21 @@ Methods, all on the same texts:
 The floor (issue 6): smelter end to end >= 2.5x HF encode_batch's in-memory rate. Each smelter run is
 checked: its token count must equal HF's ids + one EOD per document.
 
-    .venv/bin/python bench/tokenize.py [--copies 1] [--repeat 2] [--spark] [--workdir /tmp/smelter-bench-tokenize]
+    .venv/bin/python bench/tokenization.py [--copies 1] [--repeat 2] [--spark] [--workdir /tmp/smelter-bench-tokenize]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import shutil
+import subprocess
 import sys
+import time
+from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path, where this file would shadow the
-# standard library's ``tokenize`` (which linecache, and so pyarrow, imports): take that folder out.
-if sys.path and sys.path[0] == __import__("os").path.dirname(__import__("os").path.abspath(__file__)):
-    del sys.path[0]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pyarrow as pa  # noqa: E402
+import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
