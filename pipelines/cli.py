@@ -5,6 +5,9 @@
     smelter run PIPELINE [options]            run it through spark-submit (local[*] by default)
     smelter quality train [options]           train a fastText quality classifier (quality_classifier)
     smelter tokenize RUN_DIR [options]        encode a run's shards into Megatron .bin/.idx files
+    smelter mix MIXTURE.yaml [options]        plan a curriculum: the training manifest and mixture.html
+    smelter trace PLAN --sample N | --doc ID  the documents in a training sample, or a document's samples
+    smelter report DIR [--format html|json|md]  a run's report.html or a plan's mixture.html
 
 User errors end with one line naming the file, YAML line and key, and exit code 2 (``--debug`` shows
 the traceback).
@@ -66,6 +69,9 @@ def parser() -> argparse.ArgumentParser:
 _DELEGATED = {
     "quality": ("operators.quality_cli", "train and evaluate fastText quality classifiers"),
     "tokenize": ("tokenizer.cli", "encode a run's shards into Megatron-compatible .bin/.idx token files"),
+    "mix": ("mixtures.mix_cli", "plan a curriculum over token files: the training manifest and mixture.html"),
+    "trace": ("mixtures.trace_cli", "the documents behind a training sample, or the samples a document feeds"),
+    "report": ("mixtures.report_cli", "write a run's report.html or a plan's mixture.html (or print json / md)"),
 }
 
 

@@ -25,7 +25,8 @@ from pipelines.task import Task, load_task_record
 log = logging.getLogger(__name__)
 
 #: what a fresh run clears from an existing output folder (nothing else there is touched)
-OUTPUT_ENTRIES = ("shards", "ledger", "_tasks", "_progress", "_stage", "manifest.json", "stats.json")
+OUTPUT_ENTRIES = ("shards", "ledger", "_tasks", "_progress", "_stage", "manifest.json", "stats.json",
+                  "report.html")
 
 
 def list_tasks(spec: PipelineSpec, base_dir: str = ".") -> list[Task]:
@@ -99,7 +100,20 @@ def run(spec: PipelineSpec, out_dir: str | None = None, resume: bool = False, sp
                    resumed=len(tasks) - len(todo), global_stats=global_stats)
     if spec.steps:
         shutil.rmtree(stage_dir(out_dir), ignore_errors=True)
+    write_report(out_dir)
     return stats
+
+
+def write_report(out_dir: str) -> str | None:
+    """``report.html`` for the finished run. The run's outputs are already complete, so a report that
+    cannot be made is a warning (``smelter report`` can make it again), never a failed run."""
+    try:
+        from mixtures.reports.run_report import write_run_report
+
+        return write_run_report(out_dir)
+    except Exception as e:  # noqa: BLE001 - see above
+        log.warning("report.html not written: %s (run `smelter report %s` to retry)", e, out_dir)
+        return None
 
 
 def _run_on_spark(spark, spec: PipelineSpec, todo: list[Task], out_dir: str) -> list[dict[str, Any]]:
@@ -300,5 +314,5 @@ def summary(stats: dict[str, Any], out_dir: str) -> str:
         drops = ", ".join(f"{src} {reason} {n}" for src, d in st["drops"].items() for reason, n in d.items())
         lines.append(f"  global {st['step']:<18} in {st['rows_in']:>8}  out {st['rows_out']:>8}  "
                      f"removed: {drops or 'none'}")
-    lines.append(f"  outputs: {out_dir}/ (shards/, manifest.json, stats.json, ledger/)")
+    lines.append(f"  outputs: {out_dir}/ (shards/, manifest.json, stats.json, ledger/, report.html)")
     return "\n".join(lines)

@@ -9,7 +9,6 @@ import pyarrow.compute as pc
 import pytest
 
 from operators.writers import read_arrow
-from tests.conftest import CORPUS, ROOT, WEB
 
 pytestmark = pytest.mark.filterwarnings("ignore:The 'registered_domain' property is deprecated")
 
@@ -18,33 +17,6 @@ GUTENBERG_MARKERS = ("*** START OF", "*** END OF", "START OF THE PROJECT GUTENBE
                      "END OF THE PROJECT GUTENBERG", "END OF THIS PROJECT GUTENBERG", "Project Gutenberg-tm",
                      "PROJECT GUTENBERG LICENSE", "Project Gutenberg License", "www.gutenberg.org",
                      "gutenberg.net", "Gutenberg Literary Archive Foundation", "SMALL PRINT!")
-
-
-@pytest.fixture(scope="module")
-def mix_run(tmp_path_factory, web_texts, spark):
-    from operators import quality
-    from operators.readers.books import split_text, strip_gutenberg
-    from pipelines import runner
-    from pipelines import spec as specmod
-
-    tmp = tmp_path_factory.mktemp("mix")
-    # a small quality model: chunks of ten books against web pages (the demo trains the real one)
-    books = sorted((CORPUS / "books").glob("*.txt"))[:10]
-    chunks = [split_text(strip_gutenberg(p.read_text(encoding="utf-8", errors="replace"))[0], 4000)[:30]
-              for p in books]
-    trained = quality.train([c for book in chunks for c in book], [d["text"] for d in web_texts], dim=16,
-                            positive_groups=[str(i) for i, book in enumerate(chunks) for _ in book])
-    assert trained.metrics["heldout"]["roc_auc"] > 0.9
-    model = tmp / "quality.bin"
-    trained.model.save_model(str(model))
-    sets = [f"sources.web.read.warc.paths={WEB}/eval-pages-00000.warc.gz",
-            f"sources.code.read.source_tree.paths={CORPUS}/code/*",
-            f"sources.books.read.text_files.paths={CORPUS}/books/*.txt"]
-    for source, step in (("web", 8), ("code", 2), ("books", 0)):
-        sets.append(f"sources.{source}.steps.{step}.quality_classifier.model={model}")
-    out = tmp / "out"
-    stats = runner.run(specmod.load(ROOT / "pipelines" / "examples" / "mix.yaml", sets), str(out), spark=spark, progress=False)
-    return out, stats
 
 
 def _tables(out, key: str) -> dict[str, list]:
