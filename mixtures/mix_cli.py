@@ -19,6 +19,7 @@ The mixture YAML:
   budget_tokens: 4M                          training tokens in all (K, M, B, T suffixes)
   seed: 1234
   max_epochs: 4                              cap on passes over any document (or {source: cap})
+  heldout: 0.01                              share of each source's documents kept out for evaluation
   phases:                                    in training order; shares and weights each sum to 1
     - {name: main, share: 0.8, weights: {web: 0.3, code: 0.2, books: 0.5}}
     - name: anneal
@@ -28,7 +29,8 @@ The mixture YAML:
   output: out/demo-plan                      default for --output
 
 Writes DIR/train_manifest.json (schema 1), DIR/phase-NN/*.npy (Megatron GPTDataset and
-BlendedDataset index arrays), DIR/documents/<source>.arrow and DIR/mixture.html. The same inputs and
+BlendedDataset index arrays), DIR/heldout/*.npy (the held-out documents' samples),
+DIR/documents/<source>.arrow and DIR/mixture.html. The same inputs and
 seed give byte-identical files.
 """
 

@@ -12,6 +12,10 @@ The plan fixes, before training starts, which tokens the trainer sees in which o
 4. Before anything is written, the repetition caps are checked: per phase, and per document over all
    phases (a document in both a main and an annealing bucket is counted in both).
 
+A share of every source's documents (``heldout``, chosen by the CRC-32 of their ids, so the choice
+does not depend on the order of the shards) never enters a phase: laid end to end in document order
+they are the held-out samples the trainer evaluates on.
+
 Output folder (``train_manifest.json`` describes every file; same inputs and seed give identical
 bytes)::
 
@@ -22,6 +26,8 @@ bytes)::
     phase-NN/<source>.document_index.npy          int32: document numbers (rows of documents/<source>)
     phase-NN/<source>.sample_index.npy            (samples + 1) x 2: document_index position, offset
     phase-NN/<source>.shuffle_index.npy           the source's sample k is sample_index row shuffle[k]
+    heldout/<source>.document_index.npy           int32: the held-out documents, in document order
+    heldout/<source>.sample_index.npy             their samples, one pass, no shuffle
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ class SourceData:
     sizes: np.ndarray  # int32 tokens per document (EOD included), in document-table order
     table: pa.Table  # id, url|path, tokens, quality_score?, shard, row, where columns
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # numeric where columns, by name
+    heldout: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # documents kept out of training
 
     @property
     def tokens(self) -> int:
@@ -179,9 +186,22 @@ def _load_source(spec: MixtureSpec, name: str, manifest_path: str, folder: str, 
                       np.concatenate(sizes) if sizes else np.zeros(0, np.int32), table, columns)
 
 
+def heldout_mask(ids: pa.ChunkedArray | pa.Array, share: float) -> np.ndarray:
+    """The documents kept out of training: those whose id's CRC-32 falls in the lowest ``share`` of its
+    range; at least one when the source has 20 documents or more and ``share`` > 0."""
+    if share <= 0 or len(ids) == 0:
+        return np.zeros(len(ids), bool)
+    crc = np.fromiter((zlib.crc32(i.encode()) for i in ids.to_pylist()), np.uint64, len(ids))
+    mask = crc < int(share * 2**32)
+    if not mask.any() and len(ids) >= 20:
+        mask[int(np.argmin(crc))] = True
+    return mask
+
+
 def _pool(source: SourceData, conditions: list[Condition]) -> np.ndarray:
-    """Document numbers of ``source`` that satisfy every condition (all of them without conditions)."""
-    mask = np.ones(len(source.sizes), bool)
+    """Document numbers of ``source`` that satisfy every condition (all of them without conditions),
+    held-out documents excepted."""
+    mask = ~source.heldout
     for c in conditions:
         values = source.columns[c.column]
         with np.errstate(invalid="ignore"):
@@ -231,6 +251,8 @@ def build(spec: MixtureSpec, out_dir: str, progress=None) -> dict[str, Any]:
         raise UserError(f"{out_dir}: exists and is not a training plan folder; not replacing it")
     sources = load_sources(spec)
     check_sources(spec, sorted(sources))
+    for source in sources.values():
+        source.heldout = heldout_mask(source.table.column("id"), spec.heldout)
     total = spec.budget_tokens // spec.seq_len
     if total < 1:
         raise fail_at(spec, ("budget_tokens",), f"a budget of {spec.budget_tokens:,} tokens is less than one "
@@ -256,9 +278,12 @@ def build(spec: MixtureSpec, out_dir: str, progress=None) -> dict[str, Any]:
     os.makedirs(os.path.join(tmp, "documents"))
     try:
         phases = _write_phases(spec, sources, blends, draws, per_phase, tmp, progress)
+        heldout = _write_heldout(spec, sources, tmp)
         for name, source in sources.items():
-            _write_arrow(os.path.join(tmp, "documents", f"{name}.arrow"), source.table)
+            table = source.table.append_column("heldout", pa.array(source.heldout, pa.bool_()))
+            _write_arrow(os.path.join(tmp, "documents", f"{name}.arrow"), table)
         manifest = _manifest(spec, sources, draws, phases, total)
+        manifest["heldout"] = heldout
         write_json_atomic(os.path.join(tmp, MANIFEST_FILE), manifest)
         _replace_dir(tmp, out_dir)
     except BaseException:
@@ -351,6 +376,25 @@ def _write_phases(spec, sources, blends, draws, per_phase, tmp, progress) -> lis
     return phases
 
 
+def _write_heldout(spec: MixtureSpec, sources: dict[str, SourceData], tmp: str) -> dict[str, Any]:
+    """Per source: the held-out documents end to end, cut into samples like training samples."""
+    out: dict[str, Any] = {"share": spec.heldout, "sources": {}}
+    os.makedirs(os.path.join(tmp, "heldout"))
+    for name, src in sources.items():
+        docs = np.flatnonzero(src.heldout).astype(np.int32)
+        tokens = int(src.sizes[docs].sum(dtype=np.int64))
+        info: dict[str, Any] = {"documents": int(len(docs)), "tokens": tokens, "samples": 0}
+        if tokens > spec.seq_len:
+            samples = indices.sample_index(src.sizes, docs, spec.seq_len, 1, tokens)
+            stem = f"heldout/{name}"
+            _save(os.path.join(tmp, stem + ".document_index.npy"), docs)
+            _save(os.path.join(tmp, stem + ".sample_index.npy"), samples)
+            info.update({"samples": int(samples.shape[0] - 1), "document_index": stem + ".document_index.npy",
+                         "sample_index": stem + ".sample_index.npy"})
+        out["sources"][name] = info
+    return out
+
+
 def _write_arrow(path: str, table: pa.Table) -> None:
     with ipc.new_file(path, table.schema, options=ipc.IpcWriteOptions(compression="zstd")) as w:
         w.write_table(table, max_chunksize=1 << 16)
@@ -370,6 +414,7 @@ def _manifest(spec: MixtureSpec, sources: dict[str, SourceData], draws: list[_Dr
         out_sources[name] = {
             "tokens_manifest": src.tokens_manifest, "run": src.run,
             "documents": len(src.sizes), "tokens": src.tokens, "max_epochs": spec.cap(name),
+            "heldout_documents": int(src.heldout.sum()),
             "epochs": round(float(passes.max()) if len(passes) else 0.0, 6),
             "samples": samples, "tokens_drawn": samples * spec.seq_len,
             "documents_table": f"documents/{name}.arrow", "location_column": _location(src.table),

@@ -116,8 +116,11 @@ class TrainingPlan:
         """The document runs that make up sample ``n``, in order (``seq_len + 1`` tokens in all)."""
         phase, source, row = self.locate(n)
         info = phase["sources"][source]
-        doc_index = self.array(info["document_index"])
-        sample_index = self.array(info["sample_index"])
+        return self._pieces(source, info["document_index"], info["sample_index"], row)
+
+    def _pieces(self, source: str, doc_index_file: str, sample_index_file: str, row: int) -> list[Piece]:
+        doc_index = self.array(doc_index_file)
+        sample_index = self.array(sample_index_file)
         (p0, o0), (p1, o1) = (int(x) for x in sample_index[row]), (int(x) for x in sample_index[row + 1])
         sizes = self.sources[source].sizes
         out, position = [], 0
@@ -131,8 +134,25 @@ class TrainingPlan:
 
     def sample(self, n: int) -> np.ndarray:
         """Training sample ``n``: ``seq_len + 1`` token ids (int64), inputs ``[:-1]``, labels ``[1:]``."""
-        parts = [self.sources[p.source].tokens(p.document, p.start, p.length) for p in self.pieces(n)]
-        return np.concatenate(parts).astype(np.int64)
+        return self._tokens(self.pieces(n))
+
+    def _tokens(self, pieces: list[Piece]) -> np.ndarray:
+        return np.concatenate([self.sources[p.source].tokens(p.document, p.start, p.length)
+                               for p in pieces]).astype(np.int64)
+
+    # ----------------------------------------------------------------------------------------------
+    # held-out samples: documents no phase draws from, one pass, in document order
+
+    def heldout_samples(self, source: str) -> int:
+        """How many held-out samples ``source`` has (0 when its held-out documents are too few)."""
+        return self.manifest.get("heldout", {}).get("sources", {}).get(source, {}).get("samples", 0)
+
+    def heldout_sample(self, source: str, k: int) -> np.ndarray:
+        """Held-out sample ``k`` of ``source``: ``seq_len + 1`` token ids (int64)."""
+        if not 0 <= k < self.heldout_samples(source):
+            raise IndexError(f"{source} has {self.heldout_samples(source)} held-out samples, not {k + 1}")
+        info = self.manifest["heldout"]["sources"][source]
+        return self._tokens(self._pieces(source, info["document_index"], info["sample_index"], k))
 
     def document(self, source: str, number: int) -> dict[str, Any]:
         """Row ``number`` of the source's document table (id, url or path, tokens, quality_score ...)."""

@@ -8,6 +8,7 @@
     budget_tokens: 4M             # training tokens in all (K, M, B, T suffixes allowed)
     seed: 1234
     max_epochs: 4                 # cap on passes over any document: one number, or {source: number}
+    heldout: 0.01                 # share of each source's documents kept out of training, for evaluation
     phases:                       # in training order
       - name: main
         share: 0.8                # of the budget; shares sum to 1
@@ -130,6 +131,7 @@ class MixtureSpec(BaseModel):
     budget_tokens: int
     seed: int = Field(0, ge=0, lt=2**32)
     max_epochs: float | dict[str, float] = DEFAULT_MAX_EPOCHS
+    heldout: float = Field(0.01, ge=0, lt=0.5)
     phases: list[PhaseSpec] = Field(min_length=1)
     output: str | None = None
     #: where the YAML came from (not a YAML key)

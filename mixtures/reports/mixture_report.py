@@ -74,6 +74,8 @@ def build_mixture_report(plan_dir: str | os.PathLike) -> dict[str, Any]:
             "documents": s.get("documents"), "tokens": s.get("tokens"), "max_epochs": s.get("max_epochs"),
             "epochs": s.get("epochs"), "samples": s.get("samples"), "tokens_drawn": s.get("tokens_drawn"),
             "share": _share(s.get("tokens_drawn"), total),
+            "heldout_documents": s.get("heldout_documents"),
+            "heldout_samples": ((plan.get("heldout") or {}).get("sources") or {}).get(name, {}).get("samples"),
             "run": _run_funnel(name, s.get("run")),
         }
     phases = []
@@ -139,9 +141,12 @@ def _summary(data: dict, colours: dict[str, str]) -> str:
                      H.cell(s["samples"], "plan", H.path(p, "samples")),
                      H.cell(s["epochs"], "plan", H.path(p, "epochs"), "float", 2),
                      H.cell(s["max_epochs"], "plan", H.path(p, "max_epochs"), "float", 2),
+                     H.cell(s["heldout_documents"], "plan", H.path(p, "heldout_documents")),
+                     H.cell(s["heldout_samples"], "plan", H.path("heldout", "sources", name, "samples")),
                      f"{H.esc(s['run']['pipeline'])} <code>{H.esc(s['run']['config_hash'])}</code>"])
     return top + H.table(["source", "documents", "tokens (all docs)", "tokens drawn", "share", "samples",
-                          "epochs", "max epochs", "pipeline run"], rows, [False] + [True] * 7 + [False])
+                          "epochs", "max epochs", "held-out docs", "held-out samples", "pipeline run"], rows,
+                         [False] + [True] * 9 + [False])
 
 
 def _tokens_section(data: dict, colours: dict[str, str]) -> str:

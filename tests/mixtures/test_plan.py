@@ -100,7 +100,8 @@ def test_plan_figures_and_buckets(mix_plan, mix_tokens):
         assert info["where"] == wheres[name]  # a source's own bucket, else the phase's
         (cond,) = specmod.parse_where(info["where"])
         scores = plan.sources[name].table.column(cond.column).to_numpy(zero_copy_only=False)
-        bucket = set(np.flatnonzero(cond.apply(scores)).tolist())
+        heldout = plan.sources[name].table.column("heldout").to_numpy(zero_copy_only=False)
+        bucket = set(np.flatnonzero(cond.apply(scores) & ~heldout).tolist())
         assert info["documents"] == len(bucket) > 0
         drawn = set(np.load(mix_plan / info["document_index"]).tolist())
         assert drawn == bucket  # every bucket document, and only those
@@ -144,7 +145,8 @@ def test_samples_are_megatron_samples_and_trace_both_ways(mix_plan):
 
 def test_every_sample_of_a_document_reads_it(mix_plan):
     plan = TrainingPlan(str(mix_plan))
-    source, number = "web", 3
+    source = "web"
+    number = int(np.flatnonzero(~plan.sources[source].table.column("heldout").to_numpy(zero_copy_only=False))[3])
     doc = plan.document(source, number)
     samples = plan.samples_of(source, number)
     assert samples
@@ -183,10 +185,10 @@ def test_same_inputs_same_files(mix_plan, mix_tokens, tmp_path):
     (("share: 0.25", "share: 0.3"), "mixture.yaml:7: phases: phase shares sum to 1.05, not 1 (main 0.75 + anneal 0.3)"),
     (("web: {weight: 0.1", "wbe: {weight: 0.1"),
      "mixture.yaml:15: phases[1].weights.wbe: phase anneal: unknown source 'wbe' (did you mean 'web'?)"),
-    (("web: 12", "web: 9"), "mixture.yaml:10: phases[0].weights.web: web: phase main needs 9.54 epochs of its 23 "
-                            "documents (225,024 tokens of 23,577), cap is 9"),
-    (("web: 12", "web: 10"), "mixture.yaml:6: max_epochs: web: its documents are read 11.14 times over all phases "
-                             "(main 9.54, anneal 1.59), cap is 10"),
+    (("web: 12", "web: 9"), "mixture.yaml:10: phases[0].weights.web: web: phase main needs 9.62 epochs of its 22 "
+                            "documents (225,024 tokens of 23,393), cap is 9"),
+    (("web: 12", "web: 10"), "mixture.yaml:6: max_epochs: web: its documents are read 11.22 times over all phases "
+                             "(main 9.62, anneal 1.60), cap is 10"),
     (("lang_score >= 0.9", "lang_score >= 2"),
      "mixture.yaml:15: phases[1].weights.web: web: phase anneal draws 293 samples but has no documents with lang_score >= 2"),
     (("quality_score >= 0.5", "quality_scor >= 0.5"), "no column 'quality_scor' for the mixture's `where`"),
@@ -243,3 +245,24 @@ def test_missing_shards_and_stale_tokens_are_one_line_errors(mix_tokens, tmp_pat
                       str(tmp_path / "p"))
     assert not os.path.exists(tmp_path / "plan")
     assert Path(tmp_path / "m.yaml").exists()
+
+
+def test_heldout_documents_never_train(mix_plan):
+    """The held-out share of every source is in no phase, and its samples read only those documents."""
+    plan = TrainingPlan(str(mix_plan))
+    manifest = plan.manifest
+    assert manifest["heldout"]["share"] == 0.01
+    for name, src in plan.sources.items():
+        held = np.flatnonzero(src.table.column("heldout").to_numpy(zero_copy_only=False))
+        assert len(held) == manifest["sources"][name]["heldout_documents"] >= (1 if len(src.sizes) >= 20 else 0)
+        assert np.array_equal(held, np.flatnonzero(planmod.heldout_mask(src.table.column("id"), 0.01)))
+        for phase in manifest["phases"]:
+            info = phase["sources"][name]
+            assert not np.isin(np.load(mix_plan / info["document_index"]), held).any()
+        k = plan.heldout_samples(name)
+        if k:
+            info = manifest["heldout"]["sources"][name]
+            expected = np.concatenate([plan.sources[name].tokens(int(d), 0, int(src.sizes[d])) for d in held])
+            got = np.concatenate([plan.heldout_sample(name, i)[:-1] for i in range(k)])
+            assert np.array_equal(got, expected[:k * plan.seq_len]) and info["documents"] == len(held)
+    assert sum(plan.heldout_samples(s) for s in plan.sources) > 0

@@ -27,7 +27,8 @@ CONFIGS = {
     "fineweb-fast": dict(FINEWEB, fast=True),
     "default": {},
 }
-# every page for the FineWeb settings, every SUBSET-th for the others (time budget)
+# every other page for the FineWeb settings (the ones smelter runs), every SUBSET-th for the others
+# (time budget: the original extractor takes ~0.1 s a page)
 SUBSET = 3
 
 
@@ -77,7 +78,7 @@ def _extract_in_child(job: tuple[bool, list[str], dict]) -> list[str | None]:
 def test_same_output_on_real_pages(pages, config):
     import multiprocessing
 
-    subset = pages if config == "fineweb" else pages[::SUBSET]
+    subset = pages[::2] if config == "fineweb" else pages[::SUBSET]
     kwargs = CONFIGS[config]
     # the original and the accelerated extractor side by side, one forked process each
     with multiprocessing.get_context("fork").Pool(2) as pool:

@@ -120,9 +120,16 @@ def check_output(run_dir: Path, out: Path, exact_vs_hf=lambda doc_id: True) -> d
     return manifest
 
 
+def one_cpython(doc_id: str) -> bool:
+    """Every document but the code of five of the six CPython versions (near copies of the sixth, and
+    HF tokenizers, the reference, encodes about 1 MB/s here)."""
+    return not doc_id.startswith("code/python3.") or doc_id.startswith("code/python3.13/")
+
+
 def test_gpt2_megatron_exact_round_trip(run_dir, gpt2_out):
-    """GPT-2 on every document of the corpus: fast path == HF tokenizers, Megatron reads it, round trip."""
-    manifest = check_output(run_dir, gpt2_out)
+    """GPT-2 on every document of the corpus: Megatron reads it, round trip; fast path == HF tokenizers
+    on all but the near-copy CPython versions."""
+    manifest = check_output(run_dir, gpt2_out, exact_vs_hf=one_cpython)
     tok = manifest["tokenizer"]
     assert (tok["engine"], tok["vocab_size"], tok["eod_id"], tok["dtype"]) == ("tiktoken", 50263, 50256, "uint16")
     assert tok["special_tokens"]["<|assistant|>"] == 50260
@@ -138,8 +145,7 @@ def test_trained_tokenizer_reproducible(run_dir, small_run, tmp_path):
     out for time); a rerun into the same folder gives byte-identical tokenizer, manifest, token files."""
     out = tmp_path / "trained"
     job.tokenize_run(str(run_dir), parse(TRAIN_SPEC), str(out), master="none", threads=2)
-    manifest = check_output(run_dir, out, exact_vs_hf=lambda doc_id: not doc_id.startswith("code/python3.")
-                            or doc_id.startswith("code/python3.13/"))
+    manifest = check_output(run_dir, out, exact_vs_hf=one_cpython)
     tok = manifest["tokenizer"]
     assert tok["engine"] == "tiktoken" and tok["source"] == "trained" and tok["vocab_size"] == 5000
     assert tok["eod_id"] == 0 and tok["special_tokens"]["<|end_of_turn|>"] == 6
