@@ -52,7 +52,8 @@ FILTER_STEPS := gopher_repetition,gopher_quality,c4_quality,fineweb_quality
 
 # The mix of web, code and books: first the quality classifier's training data (books; the web pages
 # the quality filters drop), the classifier, then the mix itself, its tokens, and the training plan of
-# the demo curriculum (two phases over all three sources).
+# the demo curriculum (two phases over all three sources), then a small model trained on that plan
+# and a sample of its text.
 demo: setup
 	$(SMELTER) run pipelines/examples/quality_data.yaml
 	$(SMELTER) quality train --positive out/quality-data/shards/books \
@@ -60,12 +61,16 @@ demo: setup
 	$(SMELTER) run pipelines/examples/mix.yaml
 	$(SMELTER) tokenize out/mix --tokenizer '{train: {vocab_size: 16384}}' --output out/mix-tokens
 	$(SMELTER) mix mixtures/examples/demo.yaml --output out/demo-plan
+	rm -rf out/demo-train
+	$(SMELTER) train --config train/examples/demo.yaml
+	$(PY) -m train.sample --checkpoint out/demo-train --prompt "The" --max-new-tokens 60
 	@echo
 	@echo "demo outputs: out/mix/ (shards/ as Arrow IPC, manifest.json, stats.json, ledger/),"
 	@echo "              out/quality/model.bin (the quality classifier), out/mix-tokens/ (tokens.json, .bin/.idx)"
 	@echo "  training manifest: $(CURDIR)/out/demo-plan/train_manifest.json"
 	@echo "  run report:        $(CURDIR)/out/mix/report.html"
 	@echo "  mixture report:    $(CURDIR)/out/demo-plan/mixture.html"
+	@echo "  training log:      $(CURDIR)/out/demo-train/metrics.jsonl (checkpoints beside it)"
 
 test: setup
 	$(PY) -m pytest -q

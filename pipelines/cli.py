@@ -8,6 +8,7 @@
     smelter mix MIXTURE.yaml [options]        plan a curriculum: the training manifest and mixture.html
     smelter trace PLAN --sample N | --doc ID  the documents in a training sample, or a document's samples
     smelter report DIR [--format html|json|md]  a run's report.html or a plan's mixture.html
+    smelter train --config TRAIN.yaml [--nproc N]  pretrain a model on a training plan
 
 User errors end with one line naming the file, YAML line and key, and exit code 2 (``--debug`` shows
 the traceback).
@@ -72,6 +73,7 @@ _DELEGATED = {
     "mix": ("mixtures.mix_cli", "plan a curriculum over token files: the training manifest and mixture.html"),
     "trace": ("mixtures.trace_cli", "the documents behind a training sample, or the samples a document feeds"),
     "report": ("mixtures.report_cli", "write a run's report.html or a plan's mixture.html (or print json / md)"),
+    "train": ("train.cli", "pretrain a model on a training plan (torchrun when --nproc > 1)"),
 }
 
 
