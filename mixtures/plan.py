@@ -298,6 +298,18 @@ def _epochs(samples: int, seq_len: int, pool_tokens: int) -> float:
     return 0.0 if samples == 0 else (samples * seq_len + 1) / pool_tokens
 
 
+def _most_passes(spec: MixtureSpec, source: SourceData, draws: list[_Draw]) -> tuple[float, list[str]]:
+    """The most times any one document of ``source`` is read over all phases, and each phase's share of
+    it ("main 1.20"): a document in several phases' pools counts in each."""
+    passes = np.zeros(len(source.sizes))
+    parts = []
+    for d in (d for d in draws if d.source == source.name and d.samples):
+        e = _epochs(d.samples, spec.seq_len, d.pool_tokens)
+        passes[d.pool] += e
+        parts.append(f"{spec.phases[d.phase].name} {e:.2f}")
+    return (float(passes.max()) if len(passes) else 0.0), parts
+
+
 def _check_caps(spec: MixtureSpec, sources: dict[str, SourceData], draws: list[_Draw]) -> None:
     for d in draws:
         phase = spec.phases[d.phase]
@@ -313,13 +325,7 @@ def _check_caps(spec: MixtureSpec, sources: dict[str, SourceData], draws: list[_
                           f"documents{bucket} ({d.samples * spec.seq_len:,} tokens of {d.pool_tokens:,}), "
                           f"cap is {cap:g}")
     for name, source in sources.items():
-        passes = np.zeros(len(source.sizes))
-        parts = []
-        for d in (d for d in draws if d.source == name and d.samples):
-            e = _epochs(d.samples, spec.seq_len, d.pool_tokens)
-            passes[d.pool] += e
-            parts.append(f"{spec.phases[d.phase].name} {e:.2f}")
-        most = float(passes.max()) if len(passes) else 0.0
+        most, parts = _most_passes(spec, source, draws)
         if most > spec.cap(name) + 1e-9:
             raise fail_at(spec, ("max_epochs",), f"{name}: its documents are read {most:.2f} times over all "
                           f"phases ({', '.join(parts)}), cap is {spec.cap(name):g}")
@@ -407,15 +413,12 @@ def _manifest(spec: MixtureSpec, sources: dict[str, SourceData], draws: list[_Dr
     tok = tokens_manifest["tokenizer"]
     out_sources = {}
     for name, src in sources.items():
-        passes = np.zeros(len(src.sizes))
-        for d in (d for d in draws if d.source == name and d.samples):
-            passes[d.pool] += _epochs(d.samples, spec.seq_len, d.pool_tokens)
         samples = sum(d.samples for d in draws if d.source == name)
         out_sources[name] = {
             "tokens_manifest": src.tokens_manifest, "run": src.run,
             "documents": len(src.sizes), "tokens": src.tokens, "max_epochs": spec.cap(name),
             "heldout_documents": int(src.heldout.sum()),
-            "epochs": round(float(passes.max()) if len(passes) else 0.0, 6),
+            "epochs": round(_most_passes(spec, src, draws)[0], 6),
             "samples": samples, "tokens_drawn": samples * spec.seq_len,
             "documents_table": f"documents/{name}.arrow", "location_column": _location(src.table),
             "shards": src.shards,

@@ -37,11 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from pipelines.errors import UserError
-from pipelines.spec import _Ctx, _did_you_mean, _Locator, _pydantic_message, apply_override
+from pipelines.spec import _Ctx, _did_you_mean, _pydantic_message, parse_yaml, read_yaml_file
 
 #: default cap on repetition: up to about 4 epochs, repeated tokens are worth nearly as much as new
 #: ones (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models")
@@ -228,31 +227,12 @@ def fail_at(spec: MixtureSpec, path: tuple[Any, ...], message: str) -> UserError
 
 def load_text(text: str, origin: str = "<string>", overrides: list[str] | tuple[str, ...] = (),
               base: Path | None = None) -> MixtureSpec:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{origin}{line}: malformed YAML: {e.problem or e.context}") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{origin}: malformed YAML: {e}") from None
-    overridden: set[tuple[Any, ...]] = set()
-    for assignment in overrides:
-        if isinstance(data, dict):
-            overridden.add(apply_override(data, assignment))
-    ctx = _Ctx(origin, _Locator(node), overridden)
+    data, ctx = parse_yaml(text, origin, overrides)
     spec = _parse(data, ctx, base or Path.cwd())
     spec._ctx = ctx
     return spec
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> MixtureSpec:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such mixture file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read: {e}") from None
-    return load_text(text, str(path), overrides, base=p.resolve().parent)
+    text = read_yaml_file(path, "mixture file")
+    return load_text(text, str(path), overrides, base=Path(path).resolve().parent)

@@ -312,8 +312,11 @@ def apply_override(data: dict[str, Any], assignment: str) -> tuple[Any, ...]:
     return tuple(parts)
 
 
-def load_text(text: str, origin: str = "<string>", overrides: list[str] | tuple[str, ...] = ()) -> PipelineSpec:
-    """Parse and validate a pipeline given as YAML text."""
+def parse_yaml(text: str, origin: str, overrides: list[str] | tuple[str, ...] = (),
+               default: Any = None) -> tuple[Any, _Ctx]:
+    """YAML text -> (its data with the ``--set`` overrides applied, the context that points errors at
+    ``origin:line``). Malformed YAML is a one-line error with the line; empty text gives ``default``.
+    Shared by every YAML smelter reads: pipelines, mixtures, training configs."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -324,22 +327,30 @@ def load_text(text: str, origin: str = "<string>", overrides: list[str] | tuple[
     except yaml.YAMLError as e:
         raise UserError(f"{origin}: malformed YAML: {e}") from None
     if data is None:
-        data = {}
+        data = default
     overridden: set[tuple[Any, ...]] = set()
-    for assignment in overrides:
-        if not isinstance(data, dict):
-            break
-        overridden.add(apply_override(data, assignment))
-    return _parse(data, _Ctx(origin, _Locator(node), overridden))
+    if isinstance(data, dict):
+        for assignment in overrides:
+            overridden.add(apply_override(data, assignment))
+    return data, _Ctx(origin, _Locator(node), overridden)
+
+
+def read_yaml_file(path: str | Path, what: str) -> str:
+    """The text of a YAML file, or a one-line error naming it (``what``: "pipeline file", ...)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+
+
+def load_text(text: str, origin: str = "<string>", overrides: list[str] | tuple[str, ...] = ()) -> PipelineSpec:
+    """Parse and validate a pipeline given as YAML text."""
+    data, ctx = parse_yaml(text, origin, overrides, default={})
+    return _parse(data, ctx)
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineSpec:
     """Parse and validate a pipeline YAML file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such pipeline file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read: {e}") from None
-    return load_text(text, str(path), overrides)
+    return load_text(read_yaml_file(path, "pipeline file"), str(path), overrides)

@@ -29,11 +29,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipelines.errors import UserError
-from pipelines.spec import _Ctx, _did_you_mean, _Locator, _pydantic_message, apply_override
+from pipelines.spec import _Ctx, _did_you_mean, _pydantic_message, parse_yaml, read_yaml_file
 
 #: dense peak FLOP/s per device kind at bf16 (fp32 runs count half: the TF32 tensor-core rate)
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
@@ -205,32 +203,14 @@ def _parse(data: Any, ctx: _Ctx, base: Path) -> TrainConfig:
 
 def load_text(text: str, origin: str = "<string>", overrides: list[str] | tuple[str, ...] = (),
               base: Path | None = None) -> TrainConfig:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{origin}{line}: malformed YAML: {e.problem or e.context}") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{origin}: malformed YAML: {e}") from None
-    overridden: set[tuple[Any, ...]] = set()
-    for assignment in overrides:
-        if isinstance(data, dict):
-            overridden.add(apply_override(data, assignment))
-    return _parse(data, _Ctx(origin, _Locator(node), overridden), base or Path.cwd())
+    data, ctx = parse_yaml(text, origin, overrides)
+    return _parse(data, ctx, base or Path.cwd())
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read and check a training YAML; relative paths in it resolve against its folder."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such training config") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read: {e}") from None
-    return load_text(text, str(path), overrides, base=p.resolve().parent)
+    text = read_yaml_file(path, "training config")
+    return load_text(text, str(path), overrides, base=Path(path).resolve().parent)
 
 
 def default_peak_flops(device: str, dtype: str) -> float:

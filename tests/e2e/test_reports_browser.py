@@ -115,17 +115,23 @@ def not_blank(result: dict, blank_png: bytes) -> None:
         assert png != blank_png and len(png) > 4 * len(blank_png)
 
 
+def assert_clean_page(result: dict, blank_png: bytes) -> None:
+    """No page error, console error or warning, nothing fetched from outside the file, not blank, and
+    every number on the page marked with where it comes from."""
+    assert not result["errors"], result["errors"]
+    assert not [m for m in result["messages"] if m[0] in ("error", "warning")], result["messages"]
+    assert all(u.startswith(("file:", "data:")) for u in result["requests"]), result["requests"]
+    not_blank(result, blank_png)
+    assert not result["unmarked"], result["unmarked"][:10]
+
+
 def test_run_report_in_chromium(browser, blank_png, mix_run, tmp_path):
     out, stats = mix_run
     data = run_report.build_run_report(out)
     path = tmp_path / "report.html"
     run_report.write_run_report(out, "html", output=str(path))
     result = render(browser, path)
-    assert not result["errors"], result["errors"]
-    assert not [m for m in result["messages"] if m[0] in ("error", "warning")], result["messages"]
-    assert all(u.startswith(("file:", "data:")) for u in result["requests"]), result["requests"]
-    not_blank(result, blank_png)
-    assert not result["unmarked"], result["unmarked"][:10]
+    assert_clean_page(result, blank_png)
     n = check_figures(result["figs"], {"stats": stats, "report": json.loads(json.dumps(data))})
     assert n > 150
     srcs = {f["src"] for f in result["figs"]}
@@ -153,11 +159,7 @@ def test_mixture_report_in_chromium(browser, blank_png, mix_plan, tmp_path):
     path = tmp_path / "mixture.html"
     mixture_report.write_mixture_report(mix_plan, output=str(path))
     result = render(browser, path)
-    assert not result["errors"], result["errors"]
-    assert not [m for m in result["messages"] if m[0] in ("error", "warning")], result["messages"]
-    assert all(u.startswith(("file:", "data:")) for u in result["requests"]), result["requests"]
-    not_blank(result, blank_png)
-    assert not result["unmarked"], result["unmarked"][:10]
+    assert_clean_page(result, blank_png)
     n = check_figures(result["figs"], {"plan": plan, "report": json.loads(json.dumps(data))})
     assert n > 80
     shown = {(f["src"], f["path"]) for f in result["figs"]}
