@@ -210,14 +210,26 @@ def test_spark_path_equals_local(spark, small_run, gpt2_dir, gpt2_out, tmp_path)
     _same_files(out, gpt2_out, 2)
 
 
-def test_cli_user_errors(run_dir, tmp_path):
+def test_cli_user_errors(run_dir, tmp_path, capsys):
+    """One line on stderr and exit 2: the first case through a real process, the others through the same
+    entry point in this process (each process costs seconds of imports)."""
+    from pipelines.cli import main as cli_main
+
     broken = tmp_path / "broken"
     shutil.copytree(run_dir, broken)
     next((broken / "shards" / "books").glob("*.arrow")).write_bytes(b"not arrow")
-    for args, msg in [((str(broken), "--tokenizer", "{train: {}}"), "not an Arrow IPC shard"),((str(run_dir), "--tokenizer", "{train: {vocab_sise: 9}}"), "train.vocab_sise"),
-                      ((str(tmp_path), "--tokenizer", "{train: {}}"), "no manifest.json"),
-                      ((str(run_dir), "--tokenizer", str(tmp_path / "nope")), "neither a spec file")]:
-        r = smelter("tokenize", *args, "--output", str(tmp_path / "o"), "--master", "none", timeout=120)
-        assert r.returncode == 2, r.stderr
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("smelter: error:") and msg in lines[0], r.stderr
+    cases = [((str(broken), "--tokenizer", "{train: {}}"), "not an Arrow IPC shard"),
+             ((str(run_dir), "--tokenizer", "{train: {vocab_sise: 9}}"), "train.vocab_sise"),
+             ((str(tmp_path), "--tokenizer", "{train: {}}"), "no manifest.json"),
+             ((str(run_dir), "--tokenizer", str(tmp_path / "nope")), "neither a spec file")]
+    for i, (args, msg) in enumerate(cases):
+        argv = ["tokenize", *args, "--output", str(tmp_path / "o"), "--master", "none"]
+        if i == 0:
+            r = smelter(*argv, timeout=120)
+            code, stderr = r.returncode, r.stderr
+        else:
+            capsys.readouterr()
+            code, stderr = cli_main(argv), capsys.readouterr().err
+        assert code == 2, stderr
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("smelter: error:") and msg in lines[0], stderr
