@@ -1,12 +1,15 @@
-"""``smelter train --config train.yaml [--nproc N]``: pretrain from a training plan.
+"""``smelter train --config train.yaml [--stage sft|dpo|reward|grpo] [--nproc N]``: pretrain from a
+training plan, or run a post-training stage from a checkpoint.
 
-With ``--nproc`` above 1 it starts ``torchrun --standalone --nproc_per_node N -m train.pretrain`` (one
-machine); otherwise it trains in this process. Multi-node jobs call torchrun themselves.
+The module run is ``train.pretrain`` by default, ``train.<stage>`` with ``--stage`` (or when the YAML has
+a top-level ``stage`` key). With ``--nproc`` above 1 it starts ``torchrun --standalone --nproc_per_node N
+-m <module>`` (one machine); otherwise it trains in this process. Multi-node jobs call torchrun themselves.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import subprocess
 import sys
@@ -33,7 +36,18 @@ The training YAML (relative paths are relative to it):
 
 A run resumes from the latest checkpoint in checkpoint.dir. Sample from a checkpoint with
 `python -m train.sample --checkpoint DIR --prompt "..."`.
+
+Post-training (--stage sft|dpo|reward|grpo; examples in train/examples/{sft,dpo,reward,grpo}.yaml):
+  stage: sft                                 sft | dpo | reward | grpo
+  init_from: ../../out/demo-train            the previous stage's checkpoint
+  data: {train: t/sft.jsonl, heldout: h/sft.jsonl, heldout_prompts: h/prompts.jsonl}
+  max_len: 256                               longest example (default: the model's max_seq_len)
+  eval: {every: 50, max_examples: 200, at_start: false, max_new_tokens: 32}
+  sft: {packing: true}   dpo: {beta: 0.1}   reward: {}   grpo: {...}
+  + parallel, optimizer, schedule, batch, max_steps, grad_clip, checkpoint, log, device, dtype, seed
 """
+
+STAGES = ("sft", "dpo", "reward", "grpo")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,11 +55,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     pretrain.add_arguments(p)
     p.add_argument("--nproc", type=int, default=1, metavar="N", help="processes on this machine (torchrun)")
+    p.add_argument("--stage", choices=STAGES, default=None,
+                   help="post-training stage to run (module train.<stage>); default: the YAML's `stage` key, "
+                        "else pretraining")
+
+
+def module_of(args: argparse.Namespace) -> str:
+    """train.pretrain, or train.<stage> for --stage (or a YAML with a top-level stage key)."""
+    stage = getattr(args, "stage", None)
+    if stage is None:
+        from train.stage_config import peek_stage
+
+        stage = peek_stage(args.config)
+    return f"train.{stage}" if stage else "train.pretrain"
 
 
 def torchrun_command(args: argparse.Namespace) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-           "-m", "train.pretrain", "--config", args.config]
+           "-m", module_of(args), "--config", args.config]
     for assignment in args.overrides:
         cmd += ["--set", assignment]
     if args.stop_at:
@@ -63,4 +90,7 @@ def main(args: argparse.Namespace) -> int:
     argv = ["--config", args.config] + [x for a in args.overrides for x in ("--set", a)]
     if args.stop_at:
         argv += ["--stop-at", str(args.stop_at)]
-    return pretrain.main(argv)
+    module = module_of(args)
+    if module == "train.pretrain":
+        return pretrain.main(argv)
+    return importlib.import_module(module).main(argv)

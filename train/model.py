@@ -46,6 +46,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     init_std: float = 0.02
+    value_head: bool = False  # a reward model: ``output`` maps dim -> 1 scalar (never tied)
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -59,6 +60,13 @@ class ModelConfig:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
+        if self.value_head and self.tie_embeddings:
+            raise ValueError("a value head (dim -> 1) cannot be tied to the token embeddings")
+
+    @property
+    def out_features(self) -> int:
+        """Width of the output projection: the vocabulary, or 1 for a value head."""
+        return 1 if self.value_head else self.vocab_size
 
     @property
     def head_dim(self) -> int:
@@ -111,7 +119,7 @@ class ModelConfig:
         """
         v = self.vocab_size if vocab_size is None else vocab_size
         body = self.n_layers * self._block_params() + self.dim  # + final norm
-        output = 0 if self.tie_embeddings else v * self.dim
+        output = 0 if self.tie_embeddings else (1 if self.value_head else v) * self.dim
         return body + output + (v * self.dim if embeddings else 0)
 
     def flops_per_token(self, seq_len: int | None = None, vocab_size: int | None = None) -> int:
@@ -128,7 +136,7 @@ class ModelConfig:
         """
         t = self.max_seq_len if seq_len is None else seq_len
         v = self.vocab_size if vocab_size is None else vocab_size
-        matmul = self.n_layers * (self._block_params() - 2 * self.dim) + v * self.dim
+        matmul = self.n_layers * (self._block_params() - 2 * self.dim) + (1 if self.value_head else v) * self.dim
         return 6 * matmul + 12 * self.n_layers * self.dim * t
 
 
@@ -166,11 +174,14 @@ def rope_tables(head_dim: int, max_seq_len: int, theta: float, device=None) -> t
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` [B, T, H, head_dim] by the angles of its positions (cos, sin: [T, head_dim // 2])."""
+    """Rotate ``x`` [B, T, H, head_dim] by the angles of its positions (cos, sin: [T, head_dim // 2], the
+    same positions for every row, or [B, T, head_dim // 2], per-token positions)."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    cos = cos[None, :, None, :].to(x.dtype)
-    sin = sin[None, :, None, :].to(x.dtype)
+    if cos.dim() == 2:
+        cos, sin = cos[None], sin[None]
+    cos = cos[:, :, None, :].to(x.dtype)
+    sin = sin[:, :, None, :].to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
@@ -178,13 +189,28 @@ class KVCache:
     """Keys and values of every layer for generation: per layer two [B, kv_heads, max_len, head_dim]
     tensors, filled position by position. Each layer's pair is allocated at its first update with the
     shape, dtype and device of the keys it receives, so the cache follows the model: bf16 compute under
-    mixed precision, the local share of the heads under tensor parallel."""
+    mixed precision, the local share of the heads under tensor parallel.
+
+    When the forward passes get ``doc_ids`` the cache also keeps the document id of every cached position
+    (``doc_ids`` [B, max_len]), so that a new token attends only to the cached keys of its own document:
+    that is how a batch of left-padded prompts is generated (padding is its own document)."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int):
         self.batch_size = batch_size
         self.max_len = max_len
         self.k: list[torch.Tensor | None] = [None] * cfg.n_layers
         self.v: list[torch.Tensor | None] = [None] * cfg.n_layers
+        self.doc_ids: torch.Tensor | None = None
+
+    def update_doc_ids(self, start_pos: int, doc_ids: torch.Tensor) -> torch.Tensor:
+        """Store doc_ids [B, T] at positions start_pos.. and return the ids of all positions so far."""
+        end = start_pos + doc_ids.shape[1]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, asked for {end}")
+        if self.doc_ids is None:
+            self.doc_ids = doc_ids.new_zeros((self.batch_size, self.max_len))
+        self.doc_ids[:, start_pos:end] = doc_ids
+        return self.doc_ids[:, :end]
 
     def update(self, layer: int, start_pos: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v [B, H_kv, T, hd] at positions start_pos.. and return all keys/values so far."""
@@ -218,7 +244,9 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
+                kv_cache: KVCache | None = None, start_pos: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask``: a boolean [B, 1, T, keys] attention mask (True = may attend) that replaces the causal
+        one, e.g. block-diagonal causal for packed documents (built once per forward by Transformer)."""
         bsz, seqlen = x.shape[0], x.shape[1]
         q = self.wq(x).view(bsz, seqlen, -1, self.head_dim)
         k = self.wk(x).view(bsz, seqlen, -1, self.head_dim)
@@ -232,7 +260,9 @@ class Attention(nn.Module):
             k = k.repeat_interleave(self.n_rep, dim=1)
             v = v.repeat_interleave(self.n_rep, dim=1)
 
-        if kv_cache is None or start_pos == 0:
+        if mask is not None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif kv_cache is None or start_pos == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         elif seqlen == 1:  # one new token attends to everything cached
             out = F.scaled_dot_product_attention(q, k, v)
@@ -268,8 +298,12 @@ class TransformerBlock(nn.Module):
         self.feed_forward = FeedForward(cfg.dim, cfg.ffn_hidden)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, kv_cache=kv_cache, start_pos=start_pos)
+                kv_cache: KVCache | None = None, start_pos: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:  # the pretraining call, unchanged
+            h = x + self.attention(self.attention_norm(x), cos, sin, kv_cache=kv_cache, start_pos=start_pos)
+        else:
+            h = x + self.attention(self.attention_norm(x), cos, sin, kv_cache=kv_cache, start_pos=start_pos,
+                                   mask=mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -292,7 +326,7 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleDict({str(i): TransformerBlock(cfg, i) for i in range(cfg.n_layers)})
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.output = nn.Linear(cfg.dim, cfg.out_features, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
@@ -324,28 +358,68 @@ class Transformer(nn.Module):
             block.attention_norm.reset_parameters()
             block.ffn_norm.reset_parameters()
         self.norm.reset_parameters()
-        if not cfg.tie_embeddings:
+        if cfg.value_head:  # a new reward head scores every sequence 0 until it learns
+            self.output.weight.zero_()
+        elif not cfg.tie_embeddings:
             self.output.weight.normal_(0.0, cfg.init_std, generator=gen)
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, device=self.rope_cos.device)
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
 
-    def forward(self, tokens: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0, *,
+                doc_ids: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+                return_hidden: bool = False, select: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B, T] int64 -> logits [B, T, vocab] in fp32 (upcast here, so a bf16 model's loss is
-        computed in fp32)."""
+        computed in fp32); [B, T, 1] scores with ``cfg.value_head``.
+
+        - ``doc_ids`` [B, T]: a token attends only to earlier tokens of the same document (block-diagonal
+          causal attention), so packed conversations do not see each other. With a KV cache the cache
+          remembers the ids of the cached positions (see KVCache).
+        - ``positions`` [B, T]: the rotary position of each token (e.g. restarting at 0 per packed
+          document, or after left padding) instead of ``start_pos + column``.
+        - ``return_hidden``: the final-norm hidden states [B, T, dim] (model dtype) instead of the output
+          projection.
+        - ``select`` [B, T] bool: project only these positions, -> [N, vocab] (N = select.sum(), row-major
+          order): a loss over a few labelled tokens (SFT, DPO) skips most of the vocabulary matmul.
+        """
         seqlen = tokens.shape[1]
-        if start_pos + seqlen > self.cfg.max_seq_len:
-            raise ValueError(f"positions up to {start_pos + seqlen} exceed max_seq_len {self.cfg.max_seq_len}")
-        cos = self.rope_cos[start_pos:start_pos + seqlen]
-        sin = self.rope_sin[start_pos:start_pos + seqlen]
+        if positions is None:
+            if start_pos + seqlen > self.cfg.max_seq_len:
+                raise ValueError(f"positions up to {start_pos + seqlen} exceed max_seq_len {self.cfg.max_seq_len}")
+            cos = self.rope_cos[start_pos:start_pos + seqlen]
+            sin = self.rope_sin[start_pos:start_pos + seqlen]
+        else:
+            if int(positions.max()) >= self.cfg.max_seq_len or int(positions.min()) < 0:
+                raise ValueError(f"positions must lie in [0, {self.cfg.max_seq_len}) (max_seq_len)")
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        mask = None if doc_ids is None else self._doc_mask(doc_ids, kv_cache, start_pos)
         h = self.tok_embeddings(tokens)
         for layer in self.layers.values():
-            if kv_cache is None:
+            if kv_cache is None and mask is None:
                 h = layer(h, cos, sin)
-            else:
+            elif mask is None:
                 h = layer(h, cos, sin, kv_cache=kv_cache, start_pos=start_pos)
+            else:
+                h = layer(h, cos, sin, kv_cache=kv_cache, start_pos=start_pos, mask=mask)
         h = self.norm(h)
+        if return_hidden:
+            return h
+        if select is not None:
+            if type(h) is torch.Tensor:
+                return self.output(h[select]).float()
+            return self.output(h).float()[select]  # a DTensor (sequence parallel): project all, then pick
         return self.output(h).float()
+
+    @staticmethod
+    def _doc_mask(doc_ids: torch.Tensor, kv_cache: KVCache | None, start_pos: int) -> torch.Tensor:
+        """[B, 1, T, keys] boolean: query i sees key j when j is not later than i and both carry the same
+        document id. Every token sees itself, so no row of the mask is empty."""
+        seqlen = doc_ids.shape[1]
+        keys = doc_ids if kv_cache is None else kv_cache.update_doc_ids(start_pos, doc_ids)
+        offset = 0 if kv_cache is None else start_pos
+        causal = torch.ones(seqlen, keys.shape[1], dtype=torch.bool, device=doc_ids.device).tril(diagonal=offset)
+        same = doc_ids[:, :, None] == keys[:, None, :]
+        return (same & causal)[:, None]
 
 
 # ---------------------------------------------------------------------------------------------------------

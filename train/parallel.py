@@ -144,6 +144,13 @@ def _apply_tp(model: Transformer, tp_mesh: DeviceMesh, sequence_parallel: bool) 
         "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=stream),
         "output": ColwiseParallel(input_layouts=stream, output_layouts=Replicate(), use_local_output=True),
     }
+    if cfg.value_head:
+        # a reward model's head has one output feature, nothing to shard: keep it whole on every TP rank
+        # (gathering the sequence first under sequence parallel)
+        if sequence_parallel:
+            parallelize_module(model, tp_mesh, {"output": PrepareModuleInput(
+                input_layouts=(stream,), desired_input_layouts=(Replicate(),), use_local_output=True)})
+        top_plan["output"] = _replicated_style()
     top_plan["norm"] = norm_style()
     parallelize_module(model, tp_mesh, top_plan)
 

@@ -8,7 +8,6 @@ whatever layout saved them; text goes through the plan's ``tokenizer.json`` (the
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 
@@ -34,12 +33,14 @@ def load_model(path: str, device: str = "cpu"):
 
 
 def tokenizer_of(state: dict):
-    """The plan's tokenizer (``tokenizers.Tokenizer``) and its end-of-document id."""
+    """The checkpoint's tokenizer (``tokenizers.Tokenizer``: the trainer state's ``tokenizer`` path, else the
+    plan's) and its end-of-document id."""
     from tokenizers import Tokenizer
 
-    with open(f"{state['plan']}/train_manifest.json", encoding="utf-8") as fh:
-        info = json.load(fh)["tokenizer"]
-    return Tokenizer.from_file(info["path"]), info.get("eod_id")
+    from train.chat import tokenizer_path_of
+
+    tok = Tokenizer.from_file(tokenizer_path_of(state))
+    return tok, tok.token_to_id("<|endoftext|>")
 
 
 def sample(path: str, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8, top_k: int | None = 40,
