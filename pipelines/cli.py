@@ -73,7 +73,10 @@ _DELEGATED = {
     "mix": ("mixtures.mix_cli", "plan a curriculum over token files: the training manifest and mixture.html"),
     "trace": ("mixtures.trace_cli", "the documents behind a training sample, or the samples a document feeds"),
     "report": ("mixtures.report_cli", "write a run's report.html or a plan's mixture.html (or print json / md)"),
-    "train": ("train.cli", "pretrain a model on a training plan (torchrun when --nproc > 1)"),
+    "train": ("train.cli", "pretrain a model on a training plan, or post-train it (--stage sft|dpo|reward|grpo)"),
+    "tasks": ("train.tasks", "generate verifiable post-training tasks (SFT, preference pairs, prompts) with a held-out split"),
+    "scaling": ("scaling.cli", "scaling laws: size a run from a law, sweep small models with the bundled trainer, fit your own law"),
+    "chat": ("train.chat_cli", "chat with a checkpoint (pretrained or post-trained), or score a reply with a reward model"),
 }
 
 
