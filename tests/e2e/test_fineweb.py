@@ -14,19 +14,23 @@ from tests.e2e.helpers import run_pipeline
 pytestmark = pytest.mark.filterwarnings("ignore:The 'registered_domain' property is deprecated")
 
 
+#: two of the four eval WARC files (time budget: datatrove's pipeline beside ours takes ~35 s a file)
+FILES = "eval-pages-0000[02].warc.gz"
+
+
 def test_fineweb_recipe_keeps_the_same_urls_as_datatrove(tmp_path):
     from tests.reference import fineweb_kept_urls
 
     out = tmp_path / "out"
     stats = run_pipeline("pipelines/examples/fineweb.yaml", out,
-                         "--set", f"sources.web.read.warc.paths={WEB}/*.warc.gz")
+                         "--set", f"sources.web.read.warc.paths={WEB}/{FILES}")
     ours: set[str] = set()
     for shard in json.loads((out / "manifest.json").read_text())["shards"]:
         ours |= set(read_arrow(str(out / shard["path"])).column("url").to_pylist())
-    theirs = fineweb_kept_urls(str(WEB), "*.warc.gz", str(tmp_path / "assets"))
+    theirs = fineweb_kept_urls(str(WEB), FILES, str(tmp_path / "assets"))
 
     jaccard = len(ours & theirs) / len(ours | theirs)
-    assert len(theirs) > 50
+    assert len(theirs) > 30
     assert jaccard >= 0.95, (jaccard, sorted(ours - theirs)[:5], sorted(theirs - ours)[:5])
 
     # every step ran and reported, drops per rule per source, pii counts in stats
