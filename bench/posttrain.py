@@ -6,13 +6,15 @@
    ``smelter train --config train/examples/demo.yaml`` first (which needs ``out/demo-plan``).
 2. task data: ``train.tasks.write_task_data`` (default reverse_words with 3-4 words of the demo word list,
    8000 train / 200 held-out problems) -> ``OUT/data``; SFT uses the first --sft-train (2000) of them.
-3. SFT from the base (train/examples/sft.yaml): held-out exact-match accuracy of greedy replies before
-   (the base model) and after.
-4. DPO from the SFT checkpoint on (correct, wrong) pairs (train/examples/dpo.yaml): held-out preference
-   accuracy (implicit reward margin > 0) before / after, and log pi(c) > log pi(r) accuracy.
-5. Reward model from the SFT checkpoint (train/examples/reward.yaml): held-out pairwise accuracy.
-6. GRPO from the SFT checkpoint (train/examples/grpo.yaml, when train/grpo.py exists): held-out
-   exact-match before / after and the KL to the reference.
+3. SFT from the base (train/examples/sft.yaml, a checkpoint and an eval every 50 steps): held-out
+   exact-match accuracy of greedy replies before (the base model) and after.
+4. DPO from the SFT checkpoint on (correct, wrong) pairs (train/examples/dpo.yaml, with the RPO term):
+   held-out preference accuracy (implicit reward margin > 0) before / after, log pi(c) > log pi(r)
+   accuracy and greedy exact-match.
+5. Reward model from the SFT checkpoint (train/examples/reward.yaml, the per-token head): held-out
+   pairwise accuracy.
+6. GRPO from the final SFT checkpoint (``--grpo-start A``: the first one whose exact-match reaches A;
+   train/examples/grpo.yaml): held-out exact-match before / after and the KL to the reference.
 
 Each stage runs as its own process (``python -m train.<stage>`` or torchrun with ``--nproc``), with the
 example config and ``--set`` overrides for the paths; the figures come from each run's metrics.jsonl
@@ -87,6 +89,10 @@ def main() -> None:
                     help="SFT trains on the first N train conversations (0: all); DPO and the reward model "
                          "use all pairs. The 2.9M model learns the reversal within 300 steps from 2000 "
                          "problems seen ~7 times, not from 8000 seen twice (held-out exact-match 0.75 vs 0.0)")
+    ap.add_argument("--grpo-start", type=float, default=None, metavar="ACCURACY",
+                    help="GRPO starts from the first SFT checkpoint whose held-out exact-match reaches this "
+                         "(default: the final SFT checkpoint). A policy right on nearly every prompt leaves GRPO "
+                         "nothing to raise; one that is rarely right when sampling gives it no signal")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--nproc", type=int, default=1, help="data-parallel processes per stage (torchrun)")
     ap.add_argument("--skip-grpo", action="store_true")
@@ -125,7 +131,7 @@ def main() -> None:
                 "data.heldout": os.path.join(held_dir, "pairs.jsonl"), "data.heldout_prompts": prompts},
         "reward": {"init_from": sft_dir, "data.train": os.path.join(train_dir, "pairs.jsonl"),
                    "data.heldout": os.path.join(held_dir, "pairs.jsonl")},
-        "grpo": {"init_from": sft_dir, "data.train": os.path.join(train_dir, "prompts.jsonl"),
+        "grpo": {"init_from": None, "data.train": os.path.join(train_dir, "prompts.jsonl"),
                  "data.heldout_prompts": prompts},
     }
     stages = args.only or list(FLOORS)
@@ -137,6 +143,11 @@ def main() -> None:
     for stage in stages:
         run_dir = os.path.join(out, stage)
         sets = {**plan[stage], "checkpoint.dir": run_dir, "eval.at_start": "true"}
+        if stage == "sft":  # a checkpoint and an eval every 50 steps: GRPO picks its start among them
+            sets.update({"checkpoint.every": 50, "checkpoint.keep_last": 100, "eval.every": 50})
+        if stage == "grpo":
+            sets["init_from"] = grpo_start(sft_dir, args.grpo_start)
+            print(f"grpo: starting from {sets['init_from']}", flush=True)
         config = os.path.join(ROOT, "train", "examples", f"{stage}.yaml")
         print(f"{stage}: running {config} -> {run_dir}", flush=True)
         done_before = len(trains(run_dir)) if os.path.isfile(os.path.join(run_dir, "metrics.jsonl")) else 0
@@ -183,6 +194,23 @@ def main() -> None:
         fh.write("\n".join(rows) + "\n")
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as fh:
         json.dump({"wall_s": wall, "results": results}, fh, indent=1)
+
+
+def grpo_start(sft_dir: str, reach: float | None) -> str:
+    """The first SFT checkpoint (step-N folder) whose held-out exact-match is >= reach (else, or without
+    reach, the last one)."""
+    from train.checkpoint import step_dirs
+
+    saved = dict(step_dirs(sft_dir))
+    if not saved:
+        sys.exit(f"grpo: no SFT checkpoint in {sft_dir}: run the sft stage first")
+    if reach is None:
+        return saved[max(saved)]
+    scored = [(e["step"], e.get("exact_match") or 0.0) for e in evals(sft_dir) if e["step"] in saved]
+    for step, acc in scored:
+        if acc >= reach:
+            return saved[step]
+    return saved[max(saved)]
 
 
 def _fmt(value) -> str:

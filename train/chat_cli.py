@@ -6,9 +6,9 @@ chat template (train.chat) and ending in ``<|assistant|>``, is the prompt, and t
 one per line (``/reset`` starts over). When the conversation outgrows the model's context, the oldest turns
 are dropped (the system message stays).
 
-A reward model (a checkpoint whose model has ``value_head: true``) does not write: give the conversation
-with ``--message`` turns and the assistant ``--response`` to score; it prints the score (the model's output
-at the reply's last token, its ``<|end_of_turn|>``).
+A reward model (a checkpoint of the reward stage) does not write: give the conversation with ``--message``
+turns and the assistant ``--response`` to score; it prints the score, pooled over the reply as the model
+was trained (``reward.pool``: at its ``<|end_of_turn|>``, the mean over its tokens, or per-token values).
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-
-import torch
 
 from pipelines.errors import UserError
 from train.chat import BadRow, ChatTemplate, tokenizer_path_of
@@ -104,34 +102,37 @@ class Chat:
         return reply
 
 
-@torch.no_grad()
-def score(model, template: ChatTemplate, messages: list[dict]) -> float:
-    """A reward model's score of a conversation ending with the assistant reply: its output at the last
-    token of ``encode_prompt(earlier messages) + encode_response(reply)``."""
+def score(model, template: ChatTemplate, state: dict, messages: list[dict]) -> float:
+    """A reward model's score of a conversation ending with the assistant reply, read as the model was
+    trained to (``reward.pool`` in its config; train.reward.score)."""
+    from train.reward import score as reward_score
+
     if not messages or messages[-1]["role"] != "assistant":
         raise UserError("a reward model scores a conversation that ends with an assistant reply (--response)")
-    ids = template.encode_prompt(messages[:-1]) + template.encode_response(messages[-1]["content"])
-    if len(ids) > model.cfg.max_seq_len:
-        raise UserError(f"the conversation is {len(ids)} tokens; the model reads at most {model.cfg.max_seq_len}")
-    device = next(model.parameters()).device
-    out = model(torch.tensor([ids], dtype=torch.long, device=device))
-    return float(out[0, -1, 0])
+    prompt, reply = template.encode_prompt(messages[:-1]), template.encode_response(messages[-1]["content"])
+    if len(prompt) + len(reply) > model.cfg.max_seq_len:
+        raise UserError(f"the conversation is {len(prompt) + len(reply)} tokens; the model reads at most "
+                        f"{model.cfg.max_seq_len}")
+    model.reward_pool = ((state.get("config") or {}).get("reward") or {}).get("pool", "last")
+    return float(reward_score(model, template, [prompt], [reply])[0])
 
 
 def main(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
+    from train.reward import is_reward_model
+
     model, state, template = load(args.checkpoint, args.device)
     stage = state.get("stage", "pretrain")
     try:
-        if state["model"].get("value_head"):
+        if is_reward_model(state):
             if not args.message or args.response is None:
                 raise UserError(f"{args.checkpoint} is a reward model: give --message (one or more) and "
                                 "--response (the reply to score)")
             messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
                 [{"role": "user", "content": m} for m in args.message] + \
                 [{"role": "assistant", "content": args.response}]
-            print(f"reward model ({stage}): score {score(model, template, messages):.4f}")
+            print(f"reward model ({stage}): score {score(model, template, state, messages):.4f}")
             return 0
         if args.response is not None:
             raise UserError("--response is for reward models; this checkpoint writes its own replies")

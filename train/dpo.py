@@ -6,16 +6,20 @@ al. 2023)::
 
     loss = -log sigmoid(beta * ((log pi(c) - log ref(c)) - (log pi(r) - log ref(r))))     beta = dpo.beta
 
-where log pi(x) is the summed log-probability of the reply's tokens (its content and <|end_of_turn|>)
-after the prompt, under the policy being trained and under the reference, the frozen init model. The
+plus, with ``dpo.sft_weight`` = a > 0, a * (-log pi(c) / |c|): the chosen reply's per-token negative
+log-likelihood (RPO, Pang et al. 2024), which keeps plain DPO from lowering the likelihood of both replies
+until greedy answers degrade. log pi(x) is the summed log-probability of the reply's tokens (its content
+and <|end_of_turn|>) after the prompt, under the policy being trained and under the reference, the frozen
+init model. The
 reference log-probabilities of every train and held-out pair are computed once before training (with the
 policy itself at step 0, when it still equals the init weights) and kept in ``<checkpoint.dir>/
 ref_logprobs.pt`` so a resumed run does not recompute them.
 
 Logged per step and on held-out pairs: ``loss``, the implicit rewards ``chosen_reward`` / ``rejected_reward``
 (beta * (log pi - log ref)), their ``margin``, the preference ``accuracy`` (margin > 0; exactly 0 at step 0,
-when policy = reference) and ``logp_accuracy`` (log pi(c) > log pi(r): does the model itself prefer the
-chosen reply, a figure that is meaningful before training too). With ``data.heldout_prompts`` the
+when policy = reference), ``chosen_nll`` (-log pi(c) per token) and ``logp_accuracy`` (log pi(c) >
+log pi(r): does the model itself prefer the chosen reply, a figure that is meaningful before training too).
+With ``data.heldout_prompts`` the
 evaluation also reports greedy ``exact_match``.
 """
 
@@ -27,7 +31,7 @@ import sys
 
 import torch
 
-from train.stage import EpochOrder, StageTrainer, stage_main
+from train.stage import StageTrainer, stage_main
 
 REF_CACHE = "ref_logprobs.pt"
 
@@ -36,31 +40,23 @@ class DPOTrainer(StageTrainer):
     stage = "dpo"
 
     def load_data(self) -> None:
-        from train.posttrain_data import load_pairs
-
-        cfg = self.cfg
-        self.pairs, report = load_pairs(cfg.data.train, self.template, self.max_len)
-        self.add_report("train", report, required=True)
-        self.heldout = []
-        if cfg.data.heldout:
-            held, report = load_pairs(cfg.data.heldout, self.template, self.max_len)
-            self.add_report("heldout", report)
-            self.heldout = held[:cfg.eval.max_examples]
-        self.order = EpochOrder(len(self.pairs), cfg.batch.global_batch_size, self.dp_rank, self.dp, cfg.seed)
+        self.load_pair_data()
         self.ref: dict[str, torch.Tensor] = {}
 
     # -- log-probabilities ---------------------------------------------------------------------------
 
-    def logprobs(self, model, pairs) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log p(chosen | prompt), log p(rejected | prompt)) [k] each, chosen and rejected in one forward."""
+    def logprobs(self, model, pairs, lengths: bool = False):
+        """(log p(chosen | prompt), log p(rejected | prompt)) [k] each, chosen and rejected in one forward;
+        with ``lengths`` also the chosen replies' token counts [k]."""
         from train.losses import selected_sequence_logprobs
-        from train.posttrain_data import prompt_response_batch
+        from train.posttrain_data import pair_rows, prompt_response_batch
 
-        prompts = [p.prompt_ids for p in pairs] * 2
-        replies = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+        prompts, replies = pair_rows(pairs)
         tokens, labels = prompt_response_batch(prompts, replies, self.template.pad_id)
         tokens, labels = tokens.to(self.device), labels.to(self.device)
         logp = selected_sequence_logprobs(model(tokens, select=labels != -100), labels)
+        if lengths:
+            return logp[:len(pairs)], logp[len(pairs):], (labels[:len(pairs)] != -100).sum(1)
         return logp[:len(pairs)], logp[len(pairs):]
 
     @torch.no_grad()
@@ -109,28 +105,32 @@ class DPOTrainer(StageTrainer):
     # -- steps ---------------------------------------------------------------------------------------
 
     def _stats(self, pairs, ref: torch.Tensor, scale: float | None) -> torch.Tensor:
-        """Sums over ``pairs`` of (loss, chosen reward, rejected reward, margin, accuracy, logp accuracy);
-        backward of loss_sum * scale when scale is given."""
+        """Sums over ``pairs`` of (loss, chosen reward, rejected reward, margin, accuracy, logp accuracy,
+        chosen per-token NLL); backward of loss_sum * scale when scale is given. The loss is DPO's plus
+        ``dpo.sft_weight`` times the chosen reply's per-token NLL."""
         from train.losses import dpo_loss
 
-        pi_c, pi_r = self.logprobs(self.model, pairs)
+        pi_c, pi_r, n_c = self.logprobs(self.model, pairs, lengths=True)
         ref = ref.to(pi_c.dtype)
         loss, rc, rr = dpo_loss(pi_c, pi_r, ref[:, 0], ref[:, 1], self.cfg.dpo.beta)
+        nll = -pi_c / n_c
+        if self.cfg.dpo.sft_weight:
+            loss = loss + self.cfg.dpo.sft_weight * nll
         if scale is not None:
             (loss.sum() * scale).backward()
         margin = rc - rr
         return torch.stack([loss.detach().sum(), rc.sum(), rr.sum(), margin.sum(), (margin > 0).float().sum(),
-                            (pi_c.detach() > pi_r.detach()).float().sum()]).double()
+                            (pi_c.detach() > pi_r.detach()).float().sum(), nll.detach().sum()]).double()
 
     @staticmethod
     def _named(sums: torch.Tensor, n: int) -> dict[str, float]:
-        names = ("loss", "chosen_reward", "rejected_reward", "margin", "accuracy", "logp_accuracy")
+        names = ("loss", "chosen_reward", "rejected_reward", "margin", "accuracy", "logp_accuracy", "chosen_nll")
         return {k: float(v) / max(n, 1) for k, v in zip(names, sums, strict=True)}
 
     def train_step(self) -> dict[str, float]:
         mine, everyone = self.order.next()
         n, M = len(everyone), self.cfg.batch.micro_batch_size
-        sums = torch.zeros(6, device=self.device, dtype=torch.float64)
+        sums = torch.zeros(7, device=self.device, dtype=torch.float64)
         for i in range(self.accum):
             self.set_grad_sync(i == self.accum - 1)
             part = mine[i * M:(i + 1) * M]
@@ -142,15 +142,9 @@ class DPOTrainer(StageTrainer):
     def evaluate(self) -> dict[str, float]:
         out: dict[str, float] = {}
         if self.heldout:
-            self.model.eval()
-            sums = torch.zeros(6, device=self.device, dtype=torch.float64)
-            for chunk in self.dealt_chunks(len(self.heldout), self.cfg.batch.micro_batch_size):
-                rows = chunk or [0]
-                got = self._stats([self.heldout[i] for i in rows], self.ref["heldout"][rows], None)
-                if chunk is not None:
-                    sums += got
-            out = self._named(self.sum_over_dp(sums), len(self.heldout))
-            self.model.train()
+            sums = self.heldout_sums(len(self.heldout), lambda rows: self._stats(
+                [self.heldout[i] for i in rows], self.ref["heldout"][rows], None))
+            out = self._named(sums, len(self.heldout))
         em = self.exact_match()
         if em is not None:
             out["exact_match"] = em

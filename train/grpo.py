@@ -2,8 +2,8 @@
 
 Per step: the step's global batch of ``prompts_per_step`` prompts (a seeded order per epoch, each
 data-parallel rank taking a contiguous share), ``group_size`` (G) sampled replies per prompt from the
-current policy (``train.rollout.generate_group``: one batch of G, KV cache, seeds per prompt so any
-number of ranks draws the same replies), a reward per reply (a verifier against the row's answer, or a
+current policy (``train.rollout.generate_groups``: many prompts' groups per batch, KV cache, seeds per
+prompt so any number of ranks draws the same replies), a reward per reply (a verifier against the row's answer, or a
 trained reward model's score), group-relative advantages, then ``iterations`` (mu) optimizer updates of
 
     loss = - 1/N  sum_i  1/|o_i|  sum_t  [ min(rho_it A_i, clip(rho_it, 1-eps, 1+eps) A_i) - beta k3_it ]
@@ -82,6 +82,9 @@ class GRPOSection(BaseModel):
     top_k: int | None = Field(None, ge=1)  # sample among the k most likely tokens
     max_new_tokens: int = Field(32, ge=1)  # reply length limit
     iterations: int = Field(1, ge=1)  # mu: optimizer updates per batch of rollouts
+    # replies sampled in one batch (whole groups: at least one prompt's group_size); fewer forward passes
+    # per step, more memory for the KV cache
+    rollout_batch: int = Field(256, ge=1)
     reward: RewardSection = RewardSection()
 
 
@@ -233,17 +236,23 @@ class GRPOTrainer(StageTrainer):
 
     def rollout(self) -> Rollouts:
         """Sample this rank's groups and score them."""
-        from train.rollout import generate_group, sample_seed
+        from train.rollout import generate_groups, sample_seed
         from train.verifiers import verify
 
         g = self.g
         mine, _ = self.order.next()
         first = self.dp_rank * len(mine)  # position of this rank's first prompt in the global batch
+        groups: list[list[list[int]]] = []
+        per_call = max(1, g.rollout_batch // g.group_size)  # prompts per generate call (ranks: equal counts)
+        for c in range(0, len(mine), per_call):
+            rows = mine[c:c + per_call]
+            groups += generate_groups(self.model, [self.prompts[r].prompt_ids for r in rows], g.group_size,
+                                      g.max_new_tokens, g.temperature, self.template.stop_ids,
+                                      [sample_seed(self.cfg.seed, self.step, first + c + j) for j in range(len(rows))],
+                                      g.top_k, pad_id=self.template.pad_id)
         prompts, replies, rewards, correct = [], [], [], []
-        for j, row in enumerate(mine):
+        for row, group in zip(mine, groups, strict=True):
             ex = self.prompts[row]
-            group = generate_group(self.model, ex.prompt_ids, g.group_size, g.max_new_tokens, g.temperature,
-                                   self.template.stop_ids, sample_seed(self.cfg.seed, self.step, first + j), g.top_k)
             texts = [self.template.decode_response(r) for r in group]
             right = [verify(ex.verifier, t, ex.answer) for t in texts]
             if self.reward_model is None:

@@ -341,6 +341,12 @@ def prompt_response_batch(prompts: list[list[int]], responses: list[list[int]], 
     return tokens, labels
 
 
+def pair_rows(pairs: list[PairExample]) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompts, replies) of 2k rows for k pairs: every prompt with its chosen reply, then with its
+    rejected one (one forward scores both sides)."""
+    return [p.prompt_ids for p in pairs] * 2, [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+
+
 def score_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int = 1,
                 seq_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens [B, T], last [B]) for a reward model: row b is the whole ``prompts[b] + responses[b]``

@@ -83,17 +83,14 @@ class SFTTrainer(StageTrainer):
     def evaluate(self) -> dict[str, float]:
         out: dict[str, float] = {}
         if self.heldout_rows:
-            self.model.eval()
-            acc = torch.zeros(2, device=self.device, dtype=torch.float64)
-            for chunk in self.dealt_chunks(len(self.heldout_rows), self.cfg.batch.micro_batch_size):
-                rows = [self.heldout_rows[i] for i in (chunk or [0])]
-                loss_sum = self._loss_sum(rows)
-                if chunk is not None:
-                    acc[0] += loss_sum.double()
-                    acc[1] += sum(int((r.labels != -100).sum()) for r in rows)
-            acc = self.sum_over_dp(acc)
+            def stats(idx: list[int]) -> torch.Tensor:  # (loss sum, labelled tokens) of a micro-batch
+                rows = [self.heldout_rows[i] for i in idx]
+                return torch.stack([self._loss_sum(rows).double(),
+                                    torch.tensor(float(sum(int((r.labels != -100).sum()) for r in rows)),
+                                                 dtype=torch.float64, device=self.device)])
+
+            acc = self.heldout_sums(len(self.heldout_rows), stats)
             out["loss"] = float(acc[0] / acc[1].clamp(min=1))
-            self.model.train()
         em = self.exact_match()
         if em is not None:
             out["exact_match"] = em

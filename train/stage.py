@@ -184,6 +184,11 @@ class StageTrainer:
         """The ModelConfig to train, from the init checkpoint's (the reward model adds its value head)."""
         return base
 
+    def new_output_head(self) -> bool:
+        """Whether the output projection is new (kept as ``init_weights`` made it) rather than loaded from
+        ``init_from``: a reward model started from a language model."""
+        return bool(self.mcfg.value_head and not self.init_state["model"].get("value_head", False))
+
     def generates(self) -> bool:
         """Whether the model can generate text (exact-match evaluation); False for a reward model."""
         return not self.mcfg.value_head
@@ -201,6 +206,21 @@ class StageTrainer:
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics (every rank calls it; all get the same numbers)."""
         return {}
+
+    def load_pair_data(self) -> None:
+        """DPO and the reward model: ``self.pairs`` (data.train, required), ``self.heldout`` (the first
+        eval.max_examples of data.heldout) and ``self.order`` over the pairs."""
+        from train.posttrain_data import load_pairs
+
+        cfg = self.cfg
+        self.pairs, report = load_pairs(cfg.data.train, self.template, self.max_len)
+        self.add_report("train", report, required=True)
+        self.heldout = []
+        if cfg.data.heldout:
+            held, report = load_pairs(cfg.data.heldout, self.template, self.max_len)
+            self.add_report("heldout", report)
+            self.heldout = held[:cfg.eval.max_examples]
+        self.order = EpochOrder(len(self.pairs), cfg.batch.global_batch_size, self.dp_rank, self.dp, cfg.seed)
 
     def data_state(self) -> dict[str, Any]:
         order = getattr(self, "order", None)
@@ -236,8 +256,7 @@ class StageTrainer:
         )
 
         state = get_model_state_dict(model)
-        init_value_head = bool(self.init_state["model"].get("value_head", False))
-        if model.cfg.value_head and not init_value_head:
+        if self.new_output_head():
             state.pop("output.weight", None)
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
             warnings.simplefilter("ignore", UserWarning)
@@ -282,6 +301,22 @@ class StageTrainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
+
+    @torch.no_grad()
+    def heldout_sums(self, n_items: int, stats) -> torch.Tensor:
+        """The sum over held-out items 0..n_items-1 of ``stats(indices)`` (a tensor of sums for one
+        micro-batch), in eval mode, the micro-batches dealt over the dp ranks (``dealt_chunks``: a rank
+        with nothing left runs item 0 and drops it); every rank gets the total, in float64."""
+        self.model.eval()
+        total: torch.Tensor | None = None
+        try:
+            for chunk in self.dealt_chunks(n_items, self.cfg.batch.micro_batch_size):
+                got = stats(chunk or [0]).to(self.device, torch.float64)
+                got = got if chunk is not None else torch.zeros_like(got)
+                total = got if total is None else total + got
+        finally:
+            self.model.train()
+        return self.sum_over_dp(total)
 
     def dealt_chunks(self, n_items: int, size: int) -> list[list[int] | None]:
         """Items 0..n_items-1 in chunks of ``size`` dealt round-robin to the dp ranks: this rank's chunks

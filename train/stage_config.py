@@ -74,12 +74,16 @@ class SFTSection(_Section):
 
 class DPOSection(_Section):
     beta: float = Field(0.1, gt=0)
+    # weight of the chosen reply's per-token negative log-likelihood added to each pair's loss (RPO,
+    # Pang et al. 2024); 0 = plain DPO, whose likelihoods of both replies may fall together
+    sft_weight: float = Field(0.0, ge=0)
 
 
 class RewardSection(_Section):
     # where the scalar is read: "last" = the head's value at the reply's last token (<|end_of_turn|>);
-    # "mean" = the mean of the head's values over the reply's tokens
-    pool: Literal["last", "mean"] = "last"
+    # "mean" = the mean of the head's values over the reply's tokens; "token" = a head with one value per
+    # vocabulary entry, read for each reply token at the position before it, averaged (see train/reward.py)
+    pool: Literal["last", "mean", "token"] = "last"
 
 
 class StageConfig(_Section):

@@ -12,7 +12,7 @@ import torch
 
 from train.grpo import GRPOSection, clipped_objective, group_advantages, grpo_loss, k3_kl, prompts_per_step
 from train.model import ModelConfig, Transformer
-from train.rollout import cut_at_stop, generate_group, pick_tokens, sample_seed
+from train.rollout import cut_at_stop, generate_group, generate_groups, pick_tokens, sample_seed
 
 # ---------------------------------------------------------------------------------------------------------
 # the math on hand-computed cases
@@ -150,6 +150,22 @@ def test_generate_group_matches_uncached_and_is_seeded():
     assert generate_group(model, prompt, 1, 6, temperature=0) == _uncached_group(model, prompt, 1, 6, 0, 0)
     with pytest.raises(ValueError):
         generate_group(model, [1] * 60, 2, 8)  # 68 > max_seq_len 64
+
+
+def test_generate_groups_batches_prompts_of_any_length_like_one_at_a_time():
+    """Left-padded prompts of different lengths sampled in one batch draw exactly the replies each
+    prompt draws alone with its seed (temperature 1 and greedy)."""
+    torch.manual_seed(0)
+    model = _tiny()
+    prompts = [[5, 9, 2, 33], [7], [40, 41, 42, 43, 44, 45, 46], [3, 3]]
+    seeds = [11, 12, 13, 14]
+    for temperature in (1.0, 0.0):
+        together = generate_groups(model, prompts, 3, 10, temperature, stop_ids=[9], seeds=seeds, pad_id=1)
+        alone = [generate_group(model, p, 3, 10, temperature, stop_ids=[9], seed=s)
+                 for p, s in zip(prompts, seeds, strict=True)]
+        assert together == alone
+    with pytest.raises(ValueError, match="seeds"):
+        generate_groups(model, prompts, 2, 4, seeds=[1])
 
 
 def test_pick_tokens_samples_the_softmax_and_respects_top_k():

@@ -122,6 +122,25 @@ def test_left_padded_batch_generates_as_single_prompts():
     assert got == ref
 
 
+def test_reward_pools_read_the_scores_they_document():
+    """scores_of on right-padded rows, against a hand loop: ``last`` reads the value at the reply's last
+    token, ``mean`` averages over the reply, ``token`` averages out[t - 1, token_t] over the reply."""
+    from train.reward import scores_of
+
+    torch.manual_seed(0)
+    out = torch.randn(2, 7, 256)
+    model = lambda tokens: out  # noqa: E731 - the pools only read the model's output
+    tokens = torch.randint(0, 256, (2, 7))
+    first, last = torch.tensor([3, 2]), torch.tensor([5, 6])  # row 0: reply at 3..5, then padding
+    want = {"last": [out[0, 5, 0], out[1, 6, 0]],
+            "mean": [out[0, 3:6, 0].mean(), out[1, 2:7, 0].mean()],
+            "token": [sum(out[0, t - 1, tokens[0, t]] for t in (3, 4, 5)) / 3,
+                      sum(out[1, t - 1, tokens[1, t]] for t in range(2, 7)) / 5]}
+    for pool, expected in want.items():
+        got = scores_of(model, tokens, last, first, pool)
+        assert torch.allclose(got, torch.stack(expected)), pool
+
+
 def test_value_head():
     model = _tiny(value_head=True)
     tokens = torch.randint(0, 256, (2, 6))

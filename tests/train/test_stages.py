@@ -45,6 +45,9 @@ seed: 1
 # stage -> (data file, learning rate); the 2-process spawn runs them in this order.
 # GRPO joins here: add ("grpo", ("prompts.jsonl", ...)) and its section to the config (lead wires it).
 STAGES = {"sft": ("sft.jsonl", 3e-3), "dpo": ("pairs.jsonl", 1e-3), "reward": ("pairs.jsonl", 1e-3)}
+#: stage -> extra config sections of the 2-process comparison (the reward model with its per-token head,
+#: the example config's; the scalar value head is covered by test_value_head and tests/train/test_grpo.py)
+SECTIONS = {"reward": {"reward": {"pool": "token"}}}
 
 
 def write_config(tmp: Path, base: str, data: Path, stage: str, name: str, steps: int = STEPS, every: int = 0,
@@ -118,8 +121,10 @@ def runs(base_checkpoint, task_data, tmp_path_factory) -> Path:
     """One torchrun of 2 gloo processes runs 5 steps of every stage (``<stage>-dp2``) while this process
     runs the same configs alone (``<stage>-dp1``)."""
     tmp = tmp_path_factory.mktemp("stages")
-    two = [write_config(tmp, base_checkpoint, task_data, s, f"{s}-dp2", at_start=True) for s in STAGES]
-    one = [write_config(tmp, base_checkpoint, task_data, s, f"{s}-dp1", at_start=True) for s in STAGES]
+    two = [write_config(tmp, base_checkpoint, task_data, s, f"{s}-dp2", at_start=True, **SECTIONS.get(s, {}))
+           for s in STAGES]
+    one = [write_config(tmp, base_checkpoint, task_data, s, f"{s}-dp1", at_start=True, **SECTIONS.get(s, {}))
+           for s in STAGES]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(Path(__file__).resolve()), "--worker", *map(str, two)],
@@ -211,15 +216,16 @@ def test_checkpoints_carry_the_stage_and_the_reward_model_scores(runs, task_data
     from pipelines.errors import UserError
     from train import checkpoint
     from train.posttrain_data import load_pairs
-    from train.reward import load_reward_model, score
+    from train.reward import is_reward_model, load_reward_model, score
 
     for stage in STAGES:
         state = checkpoint.read_state(checkpoint.resolve(str(runs / f"{stage}-dp2")))
         assert state["stage"] == stage and state["step"] == STEPS and state["world"] == 2
         assert state["init_from"].startswith(base_checkpoint) and state["tokenizer"]
-        assert state["model"]["value_head"] == (stage == "reward")
+        assert is_reward_model(state) == (stage == "reward") and not state["model"]["value_head"]
         assert state["data"] == {"rows_consumed": 4 * STEPS}
     model, template = load_reward_model(str(runs / "reward-dp2"))
+    assert model.reward_pool == "token"
     pairs, _ = load_pairs(str(task_data / "heldout" / "pairs.jsonl"), template, 96)
     pairs = pairs[:6]
     r_c = score(model, template, [p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs], batch_size=4)
@@ -244,6 +250,32 @@ def test_dpo_resume_is_exact_and_reuses_the_reference(runs, base_checkpoint, tas
     assert sorted(split) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
         assert split[step] == pytest.approx(full[step], abs=1e-6), step
+
+
+def test_dpo_sft_weight_adds_the_chosen_replies_nll(base_checkpoint, task_data, tmp_path):
+    """dpo.sft_weight 0.5: step 1's loss is log 2 (policy = reference) plus 0.5 x the mean over the first
+    batch's pairs of the chosen reply's per-token NLL, computed here with the base model."""
+    from train.chat import ChatTemplate
+    from train.posttrain_data import load_pairs
+    from train.sample import load_model
+    from train.stage import EpochOrder
+
+    path = write_config(tmp_path, base_checkpoint, task_data, "dpo", "dpo-rpo", steps=1,
+                        dpo={"beta": 0.1, "sft_weight": 0.5})
+    run_one(path)
+    template = ChatTemplate.from_tokenizer_file(checkpoint_tokenizer(base_checkpoint))
+    pairs, _ = load_pairs(str(task_data / "train" / "pairs.jsonl"), template, 96)
+    model, _ = load_model(base_checkpoint)
+    nll = []
+    with torch.no_grad():
+        for i in EpochOrder(len(pairs), 4, seed=1).global_rows(0):
+            ids = pairs[i].prompt_ids + pairs[i].chosen_ids
+            logp = torch.log_softmax(model(torch.tensor([ids]))[0, :-1].float(), -1)
+            n = len(pairs[i].chosen_ids)
+            nll.append(-float(logp[-n:].gather(-1, torch.tensor(ids[-n:])[:, None]).sum()) / n)
+    rec = records(tmp_path / "dpo-rpo")[0]
+    assert rec["loss"] == pytest.approx(math.log(2) + 0.5 * sum(nll) / len(nll), rel=1e-5)
+    assert rec["chosen_nll"] == pytest.approx(sum(nll) / len(nll), rel=1e-5)
 
 
 def test_bad_rows_are_reported_and_an_empty_file_is_a_one_line_error(base_checkpoint, task_data, tmp_path):
