@@ -116,7 +116,8 @@ def _run_from_row(row: dict[str, Any], where: str, k: int) -> Run:
 def read_results(path: str) -> list[Run]:
     """Runs from ``results.jsonl`` or ``results.csv`` (or a sweep folder holding one). Columns: name,
     params (N), tokens (D), loss (L), and optionally flops (C; default 6 N D), budget (the IsoFLOP
-    group), heldout (runs left out of the fit and predicted instead)."""
+    group), heldout (runs left out of the fit and predicted instead). A name on several lines (a run the
+    sweep redid after its config changed) counts once, as its last line says."""
     if os.path.isdir(path):
         for name in ("results.jsonl", "results.csv"):
             if os.path.exists(os.path.join(path, name)):
@@ -147,7 +148,11 @@ def read_results(path: str) -> list[Run]:
         raise UserError(f"{path}: cannot read: {e}") from None
     if not runs:
         raise UserError(f"{path}: no runs")
-    return runs
+    latest: dict[str, Run] = {}
+    for run in runs:
+        latest.pop(run.name, None)  # the last line of a name wins, in its place
+        latest[run.name] = run
+    return list(latest.values())
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -143,3 +143,16 @@ def test_fit_errors(tmp_path, capsys):
     assert cli.main(p.parse_args(["fit", str(tmp_path)])) == 2
     err = capsys.readouterr().err
     assert err == "smelter scaling: error: fitting 5 parameters needs at least 5 runs, got 3\n"
+
+
+def test_a_run_listed_twice_counts_once_as_its_last_line(tmp_path):
+    """The sweep appends a run again when its config changed: the fit reads its last line only."""
+    from scaling.fit import read_results
+
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"name": "a", "params": 1e6, "tokens": 1e7, "loss": 3.5}\n'
+                    '{"name": "b", "params": 2e6, "tokens": 1e7, "loss": 3.2}\n'
+                    '{"name": "a", "params": 1e6, "tokens": 1e7, "loss": 3.4}\n'
+                    '{"params": 4e6, "tokens": 1e7, "loss": 3.0}\n{"params": 4e6, "tokens": 1e7, "loss": 3.0}\n')
+    runs = read_results(str(path))
+    assert [(r.name, r.loss) for r in runs] == [("b", 3.2), ("a", 3.4), ("run-3", 3.0), ("run-4", 3.0)]

@@ -55,6 +55,18 @@ def test_ladder_counts(mix_plan, tmp_path):
     assert "a_8e9" in sw.describe(s)
 
 
+def test_learning_rate_scales_with_width(mix_plan, tmp_path):
+    """lr_reference_dim: width 16 trains at 1e-2 * 32 / 16, width 32 at 1e-2; each run's train.yaml
+    carries it, the other optimizer keys stay; without the key every run has the train section's."""
+    s = sw.load(_write(tmp_path, mix_plan, extra="lr_reference_dim: 32\n"))
+    assert [r.lr for r in s.runs] == [pytest.approx(2e-2), pytest.approx(1e-2)]
+    assert s.train_config(s.runs[0])["optimizer"] == {"lr": pytest.approx(2e-2)}
+    assert "2.00e-02" in sw.describe(s)
+    plain = sw.load(_write(tmp_path, mix_plan))
+    assert [r.lr for r in plain.runs] == [None, None]
+    assert plain.train_config(plain.runs[0])["optimizer"] == {"lr": 1e-2}
+
+
 def test_sweep_runs_and_resumes(mix_plan, tmp_path):
     s = sw.load(_write(tmp_path, mix_plan))
     said: list[str] = []
