@@ -172,23 +172,29 @@ def _check_parallel(cfg: TrainConfig, ctx: _Ctx) -> None:
         raise ctx.fail(("parallel",), str(e)) from None
 
 
+def validate(cls: type[BaseModel], data: dict, ctx: _Ctx):
+    """``cls(**data)`` (a training or post-training config), its errors as one line naming the YAML line,
+    with a "did you mean" for an unknown key."""
+    try:
+        return cls(**data, origin=ctx.origin)
+    except ValidationError as e:
+        loc, msg = _pydantic_message(e)
+        if msg == "unknown key" and loc:
+            owner = cls if len(loc) == 1 else cls.model_fields[loc[0]].annotation
+            if isinstance(owner, type) and issubclass(owner, BaseModel):
+                msg += _did_you_mean(str(loc[-1]), [k for k in owner.model_fields if k != "origin"])
+        raise ctx.fail(loc, msg.removeprefix("Value error, ")) from None
+    except TypeError as e:
+        raise ctx.fail((), str(e)) from None
+
+
 def _parse(data: Any, ctx: _Ctx, base: Path) -> TrainConfig:
     if not isinstance(data, dict):
         raise ctx.fail((), "a training config is a mapping with plan, model, batch, max_steps, checkpoint")
     for key in ("model", "parallel"):
         if key in data and not isinstance(data[key], dict):
             raise ctx.fail((key,), f"must be a mapping, got {type(data[key]).__name__}")
-    try:
-        cfg = TrainConfig(**data, origin=ctx.origin)
-    except ValidationError as e:
-        loc, msg = _pydantic_message(e)
-        if msg == "unknown key" and loc:
-            owner = TrainConfig if len(loc) == 1 else TrainConfig.model_fields[loc[0]].annotation
-            if isinstance(owner, type) and issubclass(owner, BaseModel):
-                msg += _did_you_mean(str(loc[-1]), [k for k in owner.model_fields if k != "origin"])
-        raise ctx.fail(loc, msg.removeprefix("Value error, ")) from None
-    except TypeError as e:
-        raise ctx.fail((), str(e)) from None
+    cfg = validate(TrainConfig, data, ctx)
     _check_model(cfg, ctx)
     _check_parallel(cfg, ctx)
 

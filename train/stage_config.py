@@ -47,6 +47,7 @@ from train.config import (
     ScheduleConfig,
     _fields,
     _Section,
+    validate,
 )
 
 STAGES = ("sft", "dpo", "reward", "grpo")
@@ -152,17 +153,7 @@ def _parse(data: Any, ctx: _Ctx, base: Path) -> StageConfig:
         raise ctx.fail((), "a post-training config is a mapping with init_from, data, batch, max_steps, checkpoint")
     if "parallel" in data and not isinstance(data["parallel"], dict):
         raise ctx.fail(("parallel",), f"must be a mapping, got {type(data['parallel']).__name__}")
-    try:
-        cfg = StageConfig(**data, origin=ctx.origin)
-    except ValidationError as e:
-        loc, msg = _pydantic_message(e)
-        if msg == "unknown key" and loc:
-            owner = StageConfig if len(loc) == 1 else StageConfig.model_fields[loc[0]].annotation
-            if isinstance(owner, type) and issubclass(owner, BaseModel):
-                msg += _did_you_mean(str(loc[-1]), [k for k in owner.model_fields if k != "origin"])
-        raise ctx.fail(loc, msg.removeprefix("Value error, ")) from None
-    except TypeError as e:
-        raise ctx.fail((), str(e)) from None
+    cfg = validate(StageConfig, data, ctx)
     from train.parallel import ParallelConfig
 
     known = _fields(ParallelConfig)
